@@ -30,7 +30,6 @@ def get_backend(device: str):
         if device == "cpu":
             from .backend.numpy import NumpyBackend
             _backends["cpu"] = NumpyBackend()
-            from . import ops  # noqa: F401  (registers the twelve NumPy references)
         else:
             _backends["cuda"] = _load_cuda()
     return _backends[device]

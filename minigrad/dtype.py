@@ -31,11 +31,12 @@ int64 = DType("int64", 8, "i", 4, np.int64)
 float16 = DType("float16", 2, "f", 5, np.float16)
 bfloat16 = DType("bfloat16", 2, "f", 5, ml_dtypes.bfloat16)
 float32 = DType("float32", 4, "f", 6, np.float32)
+float64 = DType("float64", 8, "f", 7, np.float64)   # CPU only: gradcheck and references
 
-ALL = (bool_, int8, uint32, int32, int64, float16, bfloat16, float32)
+ALL = (bool_, int8, uint32, int32, int64, float16, bfloat16, float32, float64)
 _BY_NP = {np.dtype(d.np): d for d in ALL}
 _BY_NAME = {d.name: d for d in ALL}
-_NP_FALLBACK = {np.dtype(np.float64): float32, np.dtype(np.int16): int32,
+_NP_FALLBACK = {np.dtype(np.int16): int32,
                 np.dtype(np.uint8): int32, np.dtype(np.uint16): int32,
                 np.dtype(np.uint64): int64}
 

@@ -54,7 +54,7 @@ class NumpyBackend:
         return arr
 
     def to_numpy(self, buf: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(buf)
+        return np.array(buf, order="C")     # a copy: the caller may write to it
 
     def synchronize(self):
         pass
@@ -123,7 +123,7 @@ class NumpyBackend:
         return np.pad(x, pads, constant_values=value)
 
     def contiguous(self, x):
-        return np.ascontiguousarray(x)
+        return x if x.flags.c_contiguous else np.array(x, order="C")
 
     def cat(self, axis, *xs):
         return np.concatenate(xs, axis=axis)

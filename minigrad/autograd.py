@@ -1,0 +1,138 @@
+"""Reverse-mode autodiff at the level of Functions (as in torch.autograd.Function).
+
+Every differentiable op is a `Function` subclass with `forward(ctx, *args)` and
+`backward(ctx, *grads)` side by side. `Function.apply` runs `forward` with
+gradient recording off, then — when an input needs a gradient — links the
+outputs to the `ctx`, which remembers the inputs (`ctx.parents`).
+
+`backward()` walks those contexts in reverse topological order and calls each
+`backward`, which is written with ordinary Tensor ops: the gradients it returns
+are lazy tensors, realized later together with the optimizer's update.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.prev = is_grad_enabled()
+        _state.grad_enabled = self.enabled
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self.prev
+
+
+def no_grad(fn=None):
+    """`with mg.no_grad():` or `@mg.no_grad` (with or without parentheses)."""
+    if callable(fn):
+        return functools.wraps(fn)(_GradMode(False)(fn))
+    return _GradMode(False)
+
+
+def enable_grad():
+    return _GradMode(True)
+
+
+class Function:
+    """Subclass with static `forward(ctx, *args)` and `backward(ctx, *grads)`;
+    call as `MyFn.apply(*args)`. `backward` returns one gradient (or None) per
+    positional argument of `forward`."""
+
+    def __init__(self, parents):
+        self.parents = parents
+        self.needs_input_grad = tuple(getattr(p, "requires_grad", False) for p in parents)
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        ctx = cls(args)
+        with _GradMode(False):
+            out = cls.forward(ctx, *args, **kwargs)
+        if is_grad_enabled() and any(ctx.needs_input_grad):
+            outs = out if isinstance(out, tuple) else (out,)
+            ctx.n_outputs = len(outs)
+            for i, o in enumerate(outs):
+                if o.dtype.is_float:
+                    o.requires_grad, o._ctx, o._out_index = True, ctx, i
+        else:
+            ctx.parents = ()            # nothing will flow back: keep nothing alive
+        return out
+
+
+def _contexts_in_order(root_ctx) -> list:
+    """All contexts behind `root_ctx`, users before their inputs (iterative)."""
+    order, seen, stack = [], set(), [(root_ctx, False)]
+    while stack:
+        ctx, expanded = stack.pop()
+        if expanded:
+            order.append(ctx)
+            continue
+        if id(ctx) in seen:
+            continue
+        seen.add(id(ctx))
+        stack.append((ctx, True))
+        for p in ctx.parents:
+            c = getattr(p, "_ctx", None)
+            if c is not None and getattr(p, "requires_grad", False) and id(c) not in seen:
+                stack.append((c, False))
+    return order[::-1]
+
+
+def backward(tensor, gradient, retain_graph: bool = False) -> None:
+    from .tensor import Tensor
+    root = tensor._ctx
+    if root is None:
+        raise RuntimeError("backward: this tensor was not produced by an op that "
+                           "needs gradients (does any input have requires_grad=True?)")
+    pending = {id(root): [None] * root.n_outputs}
+    pending[id(root)][tensor._out_index] = gradient
+    with _GradMode(False):
+        for ctx in _contexts_in_order(root):
+            if not ctx.parents and ctx.needs_input_grad:
+                raise RuntimeError("backward: trying to go back through the graph a "
+                                   "second time; pass retain_graph=True the first time")
+            grads = pending.pop(id(ctx), None)
+            if grads is None or all(g is None for g in grads):
+                continue
+            in_grads = type(ctx).backward(ctx, *grads)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            for parent, g in zip(ctx.parents, in_grads):
+                if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+                    continue
+                if g.shape != parent.shape:
+                    raise RuntimeError(f"backward of {type(ctx).__name__}: gradient shape "
+                                       f"{g.shape} does not match input shape {parent.shape}")
+                if g.dtype != parent.dtype:
+                    g = g.cast(parent.dtype)
+                if parent._ctx is None:      # a leaf: accumulate into .grad
+                    parent.grad = g if parent.grad is None else parent.grad + g
+                else:
+                    slots = pending.setdefault(id(parent._ctx), [None] * parent._ctx.n_outputs)
+                    i = parent._out_index
+                    slots[i] = g if slots[i] is None else slots[i] + g
+            if not retain_graph:
+                ctx.parents, ctx.saved_tensors = (), ()
