@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # singletons: compared by identity (fast)
 class DType:
     name: str
     itemsize: int

@@ -80,13 +80,11 @@ class Tensor:
     # ------------------------------------------------------------ factories --
     @staticmethod
     def full(shape, value, dtype=None, device=None, requires_grad=False) -> "Tensor":
-        shape = _shape_arg((shape,)) if not isinstance(shape, int) else (shape,)
+        shape = (shape,) if isinstance(shape, int) else _shape_arg((shape,))
         dtype = to_dtype(dtype) if dtype is not None else \
             (bool_ if isinstance(value, bool) else int64 if isinstance(value, int) else float32)
         device = canonical(device)
-        scalar = lazy.node("full", ((), value, dtype), [], (), dtype, device)
-        t = Tensor._from_lazy(lazy.node("expand", (shape,), [scalar], shape, dtype, device)
-                              if shape else scalar)
+        t = Tensor._from_lazy(lazy.node("full", (shape, value, dtype), [], shape, dtype, device))
         return t.requires_grad_(requires_grad)
 
     @staticmethod
@@ -256,23 +254,26 @@ class Tensor:
         autograd.backward(self, gradient, retain_graph)
 
     # ----------------------------------------------------- broadcasting --
-    def _const(self, value, dtype=None) -> "Tensor":
-        """A Python scalar as a 0-d tensor beside this one (Python scalars do not raise
-        a tensor's dtype: float16 * 2.5 stays float16, int * 2.5 becomes float32)."""
-        if dtype is None:
-            if isinstance(value, bool):
-                dtype = self.dtype
-            elif isinstance(value, int):
-                dtype = self.dtype if self.dtype != bool_ else int64
-            else:
-                dtype = self.dtype if self.dtype.is_float else float32
-        return Tensor.full((), value, dtype=dtype, device=self.device)
+    def _scalar_dtype(self, value) -> DType:
+        """Python scalars do not raise a tensor's dtype: float16 * 2.5 stays float16,
+        int * 2.5 becomes float32, bool + 1 becomes int64."""
+        if isinstance(value, bool):
+            return self.dtype
+        if isinstance(value, int):
+            return self.dtype if self.dtype != bool_ else int64
+        return self.dtype if self.dtype.is_float else float32
+
+    def _const(self, value, dtype=None, shape=()) -> "Tensor":
+        """A Python scalar as a tensor on this one's device."""
+        return Tensor.full(shape, value, dtype=dtype or self._scalar_dtype(value),
+                           device=self.device)
 
     def _pair(self, other, name) -> tuple:
         """Both operands as tensors of one dtype and one (broadcast) shape."""
         if not isinstance(other, Tensor):
-            if isinstance(other, (int, float, bool)):
-                other = self._const(other)
+            if isinstance(other, (int, float, bool)):     # fast path: no broadcasting
+                a = self.cast(self._scalar_dtype(other))
+                return a, a._const(other, shape=a.shape)
             else:
                 other = Tensor(other, device=self.device)
         if other.device != self.device:
