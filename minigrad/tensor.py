@@ -34,6 +34,14 @@ def _shape_arg(shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
+def _new_shape(shape, name) -> tuple:
+    """A shape for a new tensor: non-negative ints."""
+    shape = _shape_arg(shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{name}: shape {shape} has a negative dimension")
+    return shape
+
+
 class Tensor:
     __slots__ = ("lazydata", "requires_grad", "grad", "_ctx", "_out_index", "__weakref__")
     __array_priority__ = 100          # numpy_array + tensor -> Tensor.__radd__
@@ -80,7 +88,7 @@ class Tensor:
     # ------------------------------------------------------------ factories --
     @staticmethod
     def full(shape, value, dtype=None, device=None, requires_grad=False) -> "Tensor":
-        shape = (shape,) if isinstance(shape, int) else _shape_arg((shape,))
+        shape = _new_shape((shape,) if isinstance(shape, int) else (shape,), "full")
         dtype = to_dtype(dtype) if dtype is not None else \
             (bool_ if isinstance(value, bool) else int64 if isinstance(value, int) else float32)
         device = canonical(device)
@@ -136,12 +144,12 @@ class Tensor:
     @staticmethod
     def rand(*shape, dtype=None, device=None, requires_grad=False) -> "Tensor":
         """Uniform on [0, 1)."""
-        return Tensor._random("uniform", _shape_arg(shape), dtype, device, requires_grad)
+        return Tensor._random("uniform", _new_shape(shape, "rand"), dtype, device, requires_grad)
 
     @staticmethod
     def randn(*shape, dtype=None, device=None, requires_grad=False) -> "Tensor":
         """Standard normal."""
-        return Tensor._random("normal", _shape_arg(shape), dtype, device, requires_grad)
+        return Tensor._random("normal", _new_shape(shape, "randn"), dtype, device, requires_grad)
 
     # ----------------------------------------------------------- attributes --
     shape = property(lambda self: self.lazydata.shape)
@@ -317,6 +325,9 @@ class Tensor:
     def __invert__(self): return F._node("unary", ("not",), [self.cast(bool_)])
 
     def __pow__(self, o):
+        if isinstance(o, int) and not isinstance(o, bool) and o >= 0 and \
+                not self.dtype.is_float:                    # int ** non-negative int stays int
+            return self._binary(F.Pow, o, "pow")
         if isinstance(o, (int, float)) and not isinstance(o, bool):
             if o == 2:
                 return self * self
@@ -479,6 +490,9 @@ class Tensor:
         shape = _shape_arg(shape)
         if len(shape) < self.ndim:
             raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}")
+        if any(s == -1 for s in shape[:len(shape) - self.ndim]):
+            raise ValueError(f"expand: -1 is not allowed for a new leading dimension "
+                             f"(shape {self.shape} to {shape})")
         shape = tuple(s if s != -1 else (self.shape[i - len(shape) + self.ndim])
                       for i, s in enumerate(shape))
         x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) \
@@ -568,6 +582,8 @@ class Tensor:
         """Pieces of `size` along dim (the last may be smaller), or of the listed sizes."""
         axis = self._axes(dim, "split")[0]
         n = self.shape[axis]
+        if isinstance(size, int) and size <= 0:
+            raise ValueError(f"split: size must be positive, got {size}")
         sizes = [size] * (n // size) + ([n % size] if n % size else []) \
             if isinstance(size, int) else list(size)
         if sum(sizes) != n:
@@ -680,6 +696,8 @@ class Tensor:
         if not dtype.is_float:
             dtype = float32
         a, b = a.cast(dtype), b.cast(dtype)
+        if a.ndim == 1 and b.ndim == 1:     # dot product: a 0-d result
+            return a.unsqueeze(0).matmul(b.unsqueeze(-1)).reshape(())
         if a.ndim == 1:
             return a.unsqueeze(0).matmul(b).squeeze(-2)
         if b.ndim == 1:
@@ -758,11 +776,12 @@ def _result_shape(shrunk_shape, index, is_array) -> tuple:
 def broadcast_shape(a: tuple, b: tuple, name="broadcast") -> tuple:
     """NumPy broadcasting of two shapes, or a ValueError naming the op."""
     n = max(len(a), len(b))
+    a0, b0 = tuple(a), tuple(b)     # as the user gave them, for the message
     a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
     out = []
     for x, y in zip(a, b):
         if x != y and x != 1 and y != 1:
-            raise ValueError(f"{name}: shapes {a} and {b} cannot be broadcast together")
+            raise ValueError(f"{name}: shapes {a0} and {b0} cannot be broadcast together")
         out.append(y if x == 1 else x)
     return tuple(out)
 

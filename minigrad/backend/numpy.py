@@ -87,10 +87,10 @@ class NumpyBackend:
         return np.where(cond, a, b)
 
     def cast(self, dtype: DType, x):
-        if dtype.kind in "iu" and x.dtype.kind == "f":
-            with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):       # overflow to inf is the defined result
+            if dtype.kind in "iu" and x.dtype.kind == "f":
                 x = np.trunc(_f32(x))
-        return x.astype(dtype.np)
+            return x.astype(dtype.np)
 
     # -- reductions -----------------------------------------------------------
     def reduce(self, op, axes, x):

@@ -1,0 +1,48 @@
+"""Shared fixtures: the `device` fixture runs a test once per device.
+
+"cuda" cases carry `pytest.mark.cuda` and are skipped when `mg.cuda_available()`
+is False, so the same files run unchanged on a CPU-only machine and on the GPU
+machine (where `pytest -m cuda` selects just the GPU cases).
+"""
+import zlib
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+
+DEVICES = ["cpu", "cuda"]
+
+
+def pytest_configure(config):
+    # registered here too, so the marker is known even when pyproject's list is absent
+    config.addinivalue_line("markers", "cuda: needs a GPU and the CUDA extras "
+                                       "(skipped when CUDA is unavailable)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda_ok = None
+    for item in items:
+        if item.get_closest_marker("cuda") is None:
+            continue
+        if cuda_ok is None:
+            cuda_ok = mg.cuda_available()
+        if not cuda_ok:
+            item.add_marker(pytest.mark.skip(reason="CUDA is unavailable "
+                                                    "(mg.cuda_available() is False)"))
+
+
+@pytest.fixture(params=[pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else [])
+                        for d in DEVICES])
+def device(request):
+    """"cpu" or "cuda" (the latter skipped without a GPU)."""
+    return request.param
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name: fresh values per test, yet
+    reproducible when a failure is re-run."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
