@@ -1,0 +1,183 @@
+"""The CUDA runtime on PyCUDA: context, stream, memory pool, copies, launches.
+
+Imported only when CUDA is first used. One device (MINIGRAD_CUDA_DEVICE, default
+0), its **primary context** retained and pushed on this thread (never
+`pycuda.autoinit`, which makes a context of its own), so cuda-python driver calls
+(e.g. graph capture) see the same context. All work goes on one stream, so a
+pooled allocation freed by Python may be reused by the next op without a sync:
+stream order keeps the old reader ahead of the new writer.
+
+    alloc(nbytes) -> allocation   htod(ptr, array)   dtoh(array, ptr)   memset(ptr, byte, n)
+    load_module(cubin) / get_function(module, name)
+    launch(function, grid, block, args, shared_mem=0)
+    synchronize()   memory_stats()   free_cached()
+
+DEBUG>=3 prints one line per launch with its time (synchronizing after it).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import time
+
+import numpy as np
+import pycuda.driver as drv
+from pycuda._pvt_struct import pack as _pack
+from pycuda.tools import DeviceMemoryPool
+
+DEBUG = int(os.environ.get("DEBUG", "0") or 0)
+
+drv.init()
+if drv.Device.count() == 0:
+    raise RuntimeError("the CUDA driver sees no GPU")
+ordinal = int(os.environ.get("MINIGRAD_CUDA_DEVICE", "0"))
+device = drv.Device(ordinal)
+context = device.retain_primary_context()
+context.push()
+stream = drv.Stream()
+pool = DeviceMemoryPool()
+cc = device.compute_capability()
+arch = "sm_%d%d" % cc
+name = device.name()
+_peak = 0
+_n_allocs = 0
+_FAST = hasattr(drv.Function, "_launch_kernel")
+
+
+def _finish_up():
+    """At exit: wait for the GPU, stop the pool holding blocks, pop the context.
+
+    stop_holding matters: buffers still alive are freed after this, and a pool that
+    starts holding a block again needs a current context (PyCUDA aborts otherwise);
+    a pool that holds nothing frees straight to the driver, activating the context."""
+    global context
+    if context is None:
+        return
+    try:
+        stream.synchronize()
+        pool.stop_holding()
+    except drv.Error:
+        pass
+    context.pop()
+    context = None
+    from pycuda.tools import clear_context_caches
+    clear_context_caches()
+
+
+atexit.register(_finish_up)
+
+
+# -- memory ------------------------------------------------------------------
+def alloc(nbytes: int):
+    """A device allocation of at least `nbytes` from the pool (freed by GC)."""
+    global _peak, _n_allocs
+    try:
+        a = pool.allocate(max(int(nbytes), 1))
+    except drv.MemoryError:
+        pool.free_held()   # give cached blocks back to the driver and retry once
+        a = pool.allocate(max(int(nbytes), 1))
+    _n_allocs += 1
+    if pool.active_bytes > _peak:
+        _peak = pool.active_bytes
+    return a
+
+
+def memory_stats() -> dict:
+    """Pool statistics in bytes: active (in use by buffers), held (cached for reuse),
+    peak active, and the driver's free/total memory."""
+    free, total = drv.mem_get_info()
+    return {"active_bytes": int(pool.active_bytes),
+            "held_bytes": int(pool.managed_bytes - pool.active_bytes),
+            "managed_bytes": int(pool.managed_bytes),
+            "peak_active_bytes": int(_peak), "active_blocks": int(pool.active_blocks),
+            "held_blocks": int(pool.held_blocks), "allocations": _n_allocs,
+            "device_free_bytes": int(free), "device_total_bytes": int(total)}
+
+
+def reset_peak():
+    global _peak
+    _peak = int(pool.active_bytes)
+
+
+def free_cached():
+    """Return the pool's cached blocks to the driver (after the GPU is idle)."""
+    stream.synchronize()
+    pool.free_held()
+
+
+# -- copies ------------------------------------------------------------------
+def _bytes_view(arr: np.ndarray) -> np.ndarray:
+    # a flat uint8 view (of `arr` itself when it is contiguous, 0-d included), so
+    # PyCUDA copies any dtype, ml_dtypes' bf16 too
+    a = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    return a.reshape(-1).view(np.uint8)
+
+
+def htod(dst_ptr: int, arr: np.ndarray):
+    """Copy a host array to device memory, queued on the stream. The host data
+    is staged by the driver before this returns (pageable memory)."""
+    if arr.nbytes:
+        drv.memcpy_htod_async(dst_ptr, _bytes_view(arr), stream)
+
+
+def dtoh(out: np.ndarray, src_ptr: int) -> np.ndarray:
+    """Copy device memory into the contiguous host array `out`; waits for it."""
+    if out.nbytes:
+        assert out.flags.c_contiguous
+        drv.memcpy_dtoh_async(_bytes_view(out), src_ptr, stream)
+        stream.synchronize()
+    return out
+
+
+def dtod(dst_ptr: int, src_ptr: int, nbytes: int):
+    if nbytes:
+        drv.memcpy_dtod_async(dst_ptr, src_ptr, nbytes, stream)
+
+
+def memset(ptr: int, byte: int, nbytes: int):
+    if nbytes:
+        drv.memset_d8_async(ptr, byte, nbytes, stream)
+
+
+def synchronize():
+    stream.synchronize()
+
+
+# -- modules and launches ----------------------------------------------------
+def load_module(cubin: bytes):
+    return drv.module_from_buffer(cubin)
+
+
+def get_function(module, fname: str, arg_format: str):
+    """A kernel of a loaded module, prepared with its argument format (struct
+    codes: 'P' pointer, 'q' int64, 'i' int32, 'I' uint32, 'Q' uint64, 'f' float,
+    'd' double), so launches pack arguments without inspecting them."""
+    f = module.get_function(fname)
+    f.prepare(arg_format)
+    f.mg_name = fname
+    return f
+
+
+def set_max_dynamic_shared(function, nbytes: int):
+    """Allow a kernel more than 48 KB of dynamic shared memory."""
+    function.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
+
+
+def launch(function, grid, block, args, shared_mem: int = 0):
+    """Queue `function` on the stream. `function` must come from get_function
+    (prepared); `grid`/`block` are ints or tuples; `args` match its format.
+
+    This is `Function.prepared_async_call` without its per-call checks: pack the
+    arguments with the prepared format and launch (~2 us less a launch)."""
+    grid = (grid, 1, 1) if type(grid) is int else grid
+    block = (block, 1, 1) if type(block) is int else tuple(block) + (1,) * (3 - len(block))
+    if DEBUG >= 3:
+        t0 = time.perf_counter()
+        function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
+        stream.synchronize()
+        print(f"launch {getattr(function, 'mg_name', '?'):<40} grid={grid} block={block[0]} "
+              f"{(time.perf_counter() - t0) * 1e6:8.1f} us")
+    elif _FAST:
+        function._launch_kernel(grid, block, _pack(function.arg_format, *args), shared_mem, stream)
+    else:
+        function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
