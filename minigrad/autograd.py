@@ -69,16 +69,17 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = cls(args)
+        if not (any(ctx.needs_input_grad) and is_grad_enabled()):
+            # nothing will flow back: no graph to record, nothing to keep alive
+            ctx.parents = ()
+            return cls.forward(ctx, *args, **kwargs)
         with _GradMode(False):
             out = cls.forward(ctx, *args, **kwargs)
-        if is_grad_enabled() and any(ctx.needs_input_grad):
-            outs = out if isinstance(out, tuple) else (out,)
-            ctx.n_outputs = len(outs)
-            for i, o in enumerate(outs):
-                if o.dtype.is_float:
-                    o.requires_grad, o._ctx, o._out_index = True, ctx, i
-        else:
-            ctx.parents = ()            # nothing will flow back: keep nothing alive
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx.n_outputs = len(outs)
+        for i, o in enumerate(outs):
+            if o.dtype.is_float:
+                o.requires_grad, o._ctx, o._out_index = True, ctx, i
         return out
 
 

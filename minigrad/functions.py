@@ -13,18 +13,16 @@ from .autograd import Function
 
 
 def _node(op, arg, srcs, shape=None, dtype=None):
-    from .tensor import Tensor
     first = srcs[0]
     lb = lazy.node(op, arg, [s.lazydata for s in srcs],
                    first.shape if shape is None else shape,
                    first.dtype if dtype is None else dtype, first.device)
-    return Tensor._from_lazy(lb)
+    return type(first)._from_lazy(lb)
 
 
 def _keep(t):
     """A handle on t's data without its autograd history (avoids ctx<->output cycles)."""
-    from .tensor import Tensor
-    return Tensor._from_lazy(t.lazydata)
+    return type(t)._from_lazy(t.lazydata)
 
 
 # ---------------------------------------------------------------- unary ------

@@ -33,7 +33,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True) 
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         if not weights:
             weights.extend(rng.standard_normal(o.shape) for o in outs)
-        total = sum((o.cast(float64) * Tensor(w, dtype=float64)).sum()
+        total = sum((o.cast(float64) * Tensor(w, dtype=float64, device="cpu")).sum()
                     for o, w in zip(outs, weights))
         return total, args
 

@@ -46,7 +46,7 @@ class LazyBuffer:
 
 def node(op, arg, srcs, shape, dtype, device) -> LazyBuffer:
     """Make a graph node (and run it at once when LAZY=0)."""
-    lb = LazyBuffer(op, tuple(arg), tuple(srcs), shape, dtype, device)
+    lb = LazyBuffer(op, arg, tuple(srcs), shape, dtype, device)
     if not LAZY:
         realize(lb)
     return lb
@@ -86,7 +86,13 @@ def _run(lb: LazyBuffer):
 
 
 def realize(*roots: LazyBuffer) -> None:
-    order = schedule(roots)
+    root = roots[0] if len(roots) == 1 else None
+    if root is not None and root.realized is None and \
+            all(s.realized is not None or not s.srcs for s in root.srcs):
+        # fast path (eager-style use): one op whose inputs are ready or are constants
+        order = [s for s in root.srcs if s.realized is None] + [root]
+    else:
+        order = schedule(roots)
     if not order:
         return
     if DEBUG >= 1:

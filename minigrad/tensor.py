@@ -280,8 +280,10 @@ class Tensor:
         """Both operands as tensors of one dtype and one (broadcast) shape."""
         if not isinstance(other, Tensor):
             if isinstance(other, (int, float, bool)):     # fast path: no broadcasting
-                a = self.cast(self._scalar_dtype(other))
-                return a, a._const(other, shape=a.shape)
+                dtype = self._scalar_dtype(other)
+                a = self if dtype is self.dtype else self.cast(dtype)
+                return a, Tensor._from_lazy(lazy.node("full", (a.shape, other, dtype), (),
+                                                      a.shape, dtype, a.device))
             else:
                 other = Tensor(other, device=self.device)
         if other.device != self.device:

@@ -46,3 +46,12 @@ def rng(request):
     reproducible when a failure is re-run."""
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_default_unless_device_test(request, monkeypatch):
+    """Tests that take no `device` and are not marked cuda are CPU tests (gradcheck in
+    float64, NumPy references): pin the default device to "cpu" so they mean the same
+    on the GPU machine, where the default would otherwise be "cuda"."""
+    if "device" not in request.fixturenames and request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("MINIGRAD_DEVICE", "cpu")

@@ -28,7 +28,7 @@ def get_backend(device: str):
     """The backend object of a canonical device name (created once)."""
     if device not in _backends:
         if device == "cpu":
-            from .backend.numpy import NumpyBackend
+            from ..backend.numpy import NumpyBackend
             _backends["cpu"] = NumpyBackend()
         else:
             _backends["cuda"] = _load_cuda()
@@ -38,7 +38,7 @@ def get_backend(device: str):
 def _load_cuda():
     global _cuda_error
     try:
-        from .backend.cuda import get_backend as cuda_backend
+        from ..backend.cuda import get_backend as cuda_backend
         return cuda_backend()
     except Exception as e:  # any reason: no driver, no pycuda, no GPU, ...
         _cuda_error = f"{type(e).__name__}: {e}"
@@ -73,7 +73,3 @@ def synchronize():
     for b in list(_backends.values()):
         b.synchronize()
 
-
-if __name__ == "__main__":
-    from .backend.cuda.doctor import main
-    raise SystemExit(main())
