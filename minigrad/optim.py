@@ -1,0 +1,221 @@
+"""Optimizers with PyTorch's update rules: SGD (momentum, dampening, Nesterov, weight
+decay) and AdamW (decoupled weight decay).
+
+`step()` builds every parameter's update as lazy Tensor ops and runs them, together with
+whatever forward/backward graph the gradients still need, in ONE `mg.realize(...)`.
+Parameters are updated in place with `p.assign(new)`, so modules keep their Tensors.
+Parameters whose `.grad` is None are skipped (their step count does not advance).
+float16/bfloat16 parameters are updated in float32 (moments too) and rounded once at
+the end: in half precision AdamW's eps (1e-8) and small g*g underflow to 0 and the
+update divides by zero.
+
+Options live in `opt.param_groups[i]` (a dict per group) and are read at every step,
+so a scheduler changes the learning rate with `opt.param_groups[i]["lr"] = ...`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .autograd import no_grad
+from .dtype import float32, float64, int64
+from .tensor import Tensor, realize
+
+
+class Optimizer:
+    """Base class. `params` is an iterable of Tensors, or of dicts
+    `{"params": [...], "lr": ..., ...}` (param groups) whose options override `defaults`."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups, self.state, seen = [], {}, set()
+        for i, g in enumerate(groups):
+            if not isinstance(g, dict) or "params" not in g:
+                raise TypeError(f"{type(self).__name__}: param group {i} must be a dict with "
+                                f"a 'params' key (or pass a plain list of Tensors)")
+            unknown = set(g) - set(self.defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: param group {i} has unknown "
+                                 f"options {sorted(unknown)}; known: {sorted(self.defaults)}")
+            ps = g["params"]
+            ps = [ps] if isinstance(ps, Tensor) else list(ps)
+            for p in ps:
+                if not isinstance(p, Tensor) or not p.dtype.is_float:
+                    raise TypeError(f"{type(self).__name__}: parameters must be float "
+                                    f"Tensors, got {p!r}")
+                if id(p) in seen:
+                    raise ValueError(f"{type(self).__name__}: a parameter appears twice "
+                                     f"(shape {p.shape}); list each Tensor once")
+                seen.add(id(p))
+            self.param_groups.append({**self.defaults, **g, "params": ps})
+
+    def zero_grad(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def step(self) -> None:
+        out = []
+        with no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        state = self.state.setdefault(id(p), {"step": 0})
+                        state["step"] += 1
+                        out.extend(self._update(p, p.grad.detach().cast(_work_dtype(p)),
+                                                group, state))
+        if out:
+            realize(*out)
+
+    def _update(self, p: Tensor, g: Tensor, group: dict, state: dict) -> list:
+        """Assign p's new value (`g` is in `_work_dtype(p)`); return the Tensors to
+        realize (p and its moments)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- state --
+    _moments: tuple = ()        # names of the per-parameter state Tensors
+
+    def _params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict:
+        """A flat {name: Tensor} dict that `mg.save` can store: per-parameter state
+        `state.<i>.<name>` (i counts parameters across groups in order; `step` is an
+        int64 scalar) and the groups' options `param_groups.<g>.<option>` (float64,
+        on the CPU)."""
+        out = {}
+        for i, p in enumerate(self._params()):
+            st = self.state.get(id(p))
+            if st is None:
+                continue
+            out[f"state.{i}.step"] = Tensor(np.int64(st["step"]), dtype=int64, device="cpu")
+            for name in self._moments:
+                if name in st:
+                    out[f"state.{i}.{name}"] = st[name].detach()
+        for gi, group in enumerate(self.param_groups):
+            for k, v in group.items():
+                if k != "params":
+                    out[f"param_groups.{gi}.{k}"] = Tensor(np.asarray(v, dtype=np.float64),
+                                                           dtype=float64, device="cpu")
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what `state_dict()` returned (for the same parameters, in the same
+        groups). Moments move to each parameter's device and dtype."""
+        name = type(self).__name__
+        params = self._params()
+        new_state, used = {}, set()
+
+        def value(key):
+            used.add(key)
+            v = state_dict[key]
+            return v if isinstance(v, Tensor) else Tensor(np.asarray(v), device="cpu")
+
+        for i, p in enumerate(params):
+            if f"state.{i}.step" not in state_dict:
+                continue
+            st = {"step": int(value(f"state.{i}.step").item())}
+            for m in self._moments:
+                key = f"state.{i}.{m}"
+                if key in state_dict:
+                    t = value(key)
+                    if t.shape != p.shape:
+                        raise ValueError(f"{name}.load_state_dict: {key} has shape {t.shape},"
+                                         f" parameter {i} has shape {p.shape}")
+                    st[m] = t.detach().to(p.device).cast(_work_dtype(p))
+            new_state[id(p)] = st
+        options = []
+        for gi, group in enumerate(self.param_groups):
+            for k, current in group.items():
+                key = f"param_groups.{gi}.{k}"
+                if k != "params" and key in state_dict:
+                    v = value(key).numpy()
+                    v = tuple(type(c)(x) for c, x in zip(current, v.reshape(-1))) \
+                        if isinstance(current, (tuple, list)) else type(current)(v.item())
+                    options.append((group, k, v))
+        unexpected = [k for k in state_dict if k not in used]
+        if unexpected:
+            raise ValueError(f"{name}.load_state_dict: unexpected keys {unexpected} (a "
+                             f"state dict of another optimizer or other parameters?)")
+        for group, k, v in options:
+            group[k] = v
+        self.state = new_state
+        realize(*(t for st in new_state.values() for k, t in st.items() if k != "step"))
+
+
+def _work_dtype(p: Tensor):
+    """The dtype updates and moments of p are computed in: float32 for 16-bit floats."""
+    return float32 if p.dtype.itemsize < 4 else p.dtype
+
+
+class SGD(Optimizer):
+    """PyTorch's SGD: g += wd*p; with momentum, buf = g on the first step, else
+    buf = momentum*buf + (1-dampening)*g; g = g + momentum*buf (Nesterov) or buf;
+    p -= lr*g."""
+    _moments = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0,
+                 nesterov=False):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got "
+                             f"{lr}, {momentum}, {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      dampening=dampening, nesterov=nesterov))
+
+    def _update(self, p, g, group, state):
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        w = p.cast(g.dtype)
+        if wd:
+            g = g + w * wd
+        out = [p]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            buf = g if buf is None else \
+                buf * momentum + (g * (1 - group["dampening"]) if group["dampening"] else g)
+            state["momentum_buffer"] = buf
+            out.append(buf)
+            g = g + buf * momentum if group["nesterov"] else buf
+        p.assign(w - g * lr)               # assign rounds to p's dtype
+        return out
+
+
+class AdamW(Optimizer):
+    """PyTorch's AdamW (amsgrad off):
+        p   -= lr * weight_decay * p                      (decoupled decay, first)
+        m    = beta1 * m + (1 - beta1) * g
+        v    = beta2 * v + (1 - beta2) * g*g
+        p   -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i**step
+    written with few ops: m += (g - m)*(1-beta1), v += (g*g - v)*(1-beta2), and
+    p = p*(1 - lr*wd) - m * (lr*sqrt(bc2)/bc1) / (sqrt(v) + eps*sqrt(bc2))."""
+    _moments = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"AdamW: lr, eps and weight_decay must be >= 0, got "
+                             f"{lr}, {eps}, {weight_decay}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+
+    def _update(self, p, g, group, state):
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], \
+            group["weight_decay"]
+        if "exp_avg" not in state:
+            state["exp_avg"] = Tensor.zeros_like(p, dtype=g.dtype)
+            state["exp_avg_sq"] = Tensor.zeros_like(p, dtype=g.dtype)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m = state["exp_avg"] = m + (g - m) * (1 - beta1)
+        v = state["exp_avg_sq"] = v + (g * g - v) * (1 - beta2)
+        bc1, bc2_sqrt = 1 - beta1 ** state["step"], math.sqrt(1 - beta2 ** state["step"])
+        w = p.cast(g.dtype)
+        decayed = w * (1 - lr * wd) if wd else w
+        p.assign(decayed - m * (lr * bc2_sqrt / bc1) / (v.sqrt() + eps * bc2_sqrt))
+        return [p, m, v]
