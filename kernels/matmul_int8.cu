@@ -1,0 +1,453 @@
+// minigrad-arch: sm_80, sm_86, sm_89, sm_90a
+// matmul_int8.cu - W8A8 integer matmul on tensor cores: C = float(int32(A) . int32(B)) * scale.
+//
+// BUILD: on a compute-capability 9.0 device compile this file for sm_90a (the line above
+//   tells minigrad's compiler so): every entry works there and matmul_int8_wgmma is live.
+//   Built for any other target, matmul_int8_wgmma is a trap (never launch it there).
+//
+// MATH (op matmul_int8, OPS.md)
+//   A int8 [M,K], B int8 [K,N] (given to the kernels as Bt = B^T, int8 [N,K]: see LAYOUT),
+//   int32 accumulate (exact), then C[m,n] = f32(acc) * scale in f32: __int2float_rn then
+//   __fmul_rn, the two roundings of the NumPy oracle acc.astype(f32) * f32(scale), so the
+//   result is BIT-EXACT for any K (int32 cannot overflow for K < 131072).
+//   Any M, N, K >= 1: rows/cols past M, N and the K tail are zero-filled on the way into
+//   shared memory (zeros add nothing) and every store is predicated.
+//
+// LAYOUT (the contract)
+//   A : A[m,k] at A[m*lda + k]         (row-major, K contiguous)
+//   Bt: B[k,n] at Bt[n*ldb + k]        (B stored [N,K], K contiguous per output column)
+//   C : C[m,n] at C[m*ldc + n]         f32
+//   [N,K] is the layout the int8 tensor-core instructions want for B (mma .col / wgmma
+//   K-major: int8 operands cannot be transposed by ldmatrix.trans or by wgmma). It is
+//   free when B is a transposed view of an [N,K] tensor (nn.Linear's weight, [out, in]).
+//   A row-major B [K,N] is first copied once by `matmul_int8_transpose` (below) into a
+//   scratch [N, ldb] buffer with ldb = round_up(K, 16) (weights: cache the copy).
+//   Leading batch dims of A are flattened into M by the host (A must then be [M,K] with
+//   one row stride); B is shared.
+//
+// ENTRY POINTS (extern "C")
+//   matmul_int8_tn_v      mma.sync.m16n8k32 s8, 16-byte cp.async 4-stage pipeline. sm_80+.
+//   matmul_int8_tn_s      same tiles, element (byte) loads: any alignment / any lda, ldb.
+//   matmul_int8_wgmma     Hopper wgmma.m64n256k32 s8 (sm_90a cubin only; on other targets
+//                         its body traps).
+//   matmul_int8_transpose int8 [K,N] (ldb_in) -> [N, ldb_out], zero-filling k in [K, ldb_out).
+//
+// ARGUMENTS (GEMM entries, in this order; PyCUDA prepare format "PPPqqqiiif")
+//   const int8* A, const int8* Bt, float* C, int64 lda, int64 ldb, int64 ldc,
+//   int M, int N, int K, float scale
+//   transpose: (const int8* B, int8* Bt, int64 ldb_in, int64 ldb_out, int K, int N)  "PPqqii"
+//
+// LAUNCH RULES (what the host must do)
+//   _v / _s: block (128,1,1); grid (ceil(M/128) * ceil(N/128), 1, 1); dynamic shared memory
+//     MI8_SMEM = 81920 B: raise CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to 81920 first.
+//   wgmma:  block (256,1,1); grid (ceil(M/128) * ceil(N/256), 1, 1); dynamic shared memory
+//     MI8W_SMEM = 197632 B (raise the attribute likewise); cubin built for sm_90a.
+//   transpose: block (256,1,1); grid (ceil(N/64), ceil(ldb_out/64), 1); no shared memory
+//     beyond its static 4160 B.
+//   Choosing the GEMM entry:
+//     _v and wgmma need lda % 16 == 0, ldb % 16 == 0 and 16-byte aligned A, Bt (cp.async of
+//     16 B; K itself may be anything: a chunk that straddles K is read partially, the rest
+//     zero-filled); C needs nothing (float2 stores only when ldc is even and C 8-B aligned).
+//     On sm_90 with an sm_90a cubin prefer wgmma; else _v; _s when the alignment rule fails.
+//
+// ALGORITHM AND TILES
+//   _v/_s: block tile 128 x 128 x 64 (bytes of K), 4 warps as 2 x 2, warp tile 64 x 64 =
+//     4 (m16) x 8 (n8) mma.m16n8k32 tiles, 128 int32 accumulators per thread. Operands go
+//     global -> shared by cp.async.cg (16 B, L1 bypass) in 4 stages (3 tiles in flight while
+//     one is computed; one __syncthreads per K tile). Shared rows are 64 B + 16 B padding
+//     (80 B apart), so the 8 row addresses of each ldmatrix land in 8 different 16-byte bank
+//     groups. An int8 m16 x k32 A fragment is exactly one ldmatrix.x4 of the b16 view (each
+//     8x8 b16 matrix = 8 rows x 16 bytes; thread t gets bytes 4(t%4)..+3 of row t/4, the
+//     s8 fragment layout), likewise two n8 x k32 B fragments from the [n][k] tile.
+//     2 blocks/SM (2 x 80 KB shared, <= 255 regs), blocks grouped by 8 block-rows for L2 reuse.
+//   wgmma: block tile 128 x 256 x 128, 2 warpgroups (256 threads), each one
+//     wgmma.m64n256k32.s32.s8.s8 chain (128 int32 accumulators per thread), both operands
+//     K-major from shared memory in the 128-byte swizzle layout (16-byte chunk c of row r
+//     stored at chunk c ^ (r % 8); tiles 1024-B aligned; descriptor SBO = 1024 B, K steps
+//     of 32 B advance the start address). All 256 threads fill 4 stages with cp.async
+//     (2 tiles in flight ahead of the one being multiplied, one wgmma group in flight);
+//     fence.proxy.async makes the cp.async data visible to the tensor core's async proxy
+//     before the barrier. 1 block/SM (193 KB shared).
+//   Why: int8 tensor cores run twice the f16 rate, so the kernels are shared-memory and
+//     issue bound; 64x64 warp tiles (mma.sync) or m64n256 warpgroup tiles (wgmma) keep
+//     operand traffic per multiply-add low.
+
+namespace mi8 {
+
+typedef signed char i8;
+typedef unsigned char u8;
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+// 16-byte global->shared copy reading `bytes` (0..16) bytes and zero-filling the rest.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma_s8(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Valid bytes (0..16) of the 16-byte chunk at (row gr, col gk) of a [rows, K] operand.
+__device__ __forceinline__ int chunk_bytes(int gr, int rows, int gk, int K) {
+    return gr < rows ? min(max(K - gk, 0), 16) : 0;
+}
+// Byte loads of one chunk (the _s path): element e < n of row gr from column gk.
+__device__ __forceinline__ uint4 load_chunk_bytes(const i8* g, long long ld, int gr, int gk, int n) {
+    unsigned w[4] = {0u, 0u, 0u, 0u};
+    if (n > 0) {
+        const u8* src = reinterpret_cast<const u8*>(g) + (long long)gr * ld + gk;
+#pragma unroll
+        for (int e = 0; e < 16; ++e)
+            if (e < n) w[e >> 2] |= (unsigned)__ldg(src + e) << (8 * (e & 3));
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// ------------------------------------------------------------ mma.sync kernel --
+constexpr int BM = 128, BN = 128, BK = 64, NT = 128, STAGES = 4, GROUP_M = 8;
+constexpr int LDS = BK + 16;              // bytes between shared rows (80)
+constexpr int TILE = BM * LDS;            // 10240 B; the B tile (BN = BM) is the same size
+constexpr int STAGE = 2 * TILE;           // 20480 B
+constexpr int SMEM = STAGES * STAGE;      // 81920 B
+
+// One 128-row x 64-byte operand tile (rows row0.., K bytes k0..) into shared memory.
+template <bool VEC>
+__device__ __forceinline__ void load_tile(u8* sm, const i8* g, long long ld, int row0, int rows,
+                                          int k0, int K, int tid) {
+#pragma unroll
+    for (int i = 0; i < (BM * BK / 16) / NT; ++i) {     // 4 chunks per thread
+        const int c = tid + i * NT;
+        const int r = c >> 2, cc = (c & 3) * 16;
+        const int gr = row0 + r, gk = k0 + cc;
+        const int n = chunk_bytes(gr, rows, gk, K);
+        u8* dst = sm + r * LDS + cc;
+        if (VEC) {
+            const i8* src = n > 0 ? g + (long long)gr * ld + gk : g;
+            cp_async16(smem_u32(dst), src, n);
+        } else {
+            *reinterpret_cast<uint4*>(dst) = load_chunk_bytes(g, ld, gr, gk, n);
+        }
+    }
+}
+
+// One K tile (64 bytes = 2 k32 steps) of mma work for this warp's 64 x 64 tile.
+__device__ __forceinline__ void mma_tile(const u8* sA, const u8* sB, int (&acc)[4][8][4], int wm,
+                                         int wn, int lane) {
+    const int mi = lane >> 3, r8 = lane & 7;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += 32) {
+        unsigned a[4][4], b[8][2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)   // matrices: rows 0-7|8-15 x bytes 0-15|16-31 = a0..a3
+            ldmatrix_x4(a[i], smem_u32(sA + (wm * 64 + i * 16 + (lane & 15)) * LDS + ks +
+                                       (lane >> 4) * 16));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) { // matrices: (n 0-7, k 0-15), (n 0-7, k 16-31), (n 8-15, ..)
+            unsigned t[4];
+            ldmatrix_x4(t, smem_u32(sB + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * LDS + ks +
+                                    (mi & 1) * 16));
+            b[2 * j][0] = t[0];
+            b[2 * j][1] = t[1];
+            b[2 * j + 1][0] = t[2];
+            b[2 * j + 1][1] = t[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) mma_s8(acc[i][j], a[i], b[j][0], b[j][1]);
+    }
+}
+
+// Block -> (m0, n0), grouped by GROUP_M block-rows so consecutive blocks share panels in L2.
+__device__ __forceinline__ void tile_coords(int M, int N, int bm, int bn, int& m0, int& n0) {
+    const int tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
+    const int pid = blockIdx.x, width = GROUP_M * tiles_n;
+    const int first_m = (pid / width) * GROUP_M;
+    const int gsz = min(tiles_m - first_m, GROUP_M);
+    m0 = (first_m + (pid % width) % gsz) * bm;
+    n0 = ((pid % width) / gsz) * bn;
+}
+
+__device__ __forceinline__ float scaled(int acc, float scale) {
+    return __fmul_rn(__int2float_rn(acc), scale);
+}
+
+// Predicated store of the pair (row, col), (row, col + 1).
+__device__ __forceinline__ void store_pair(float* C, long long ldc, int M, int N, int row, int col,
+                                           float v0, float v1, bool pair_ok) {
+    if (row >= M) return;
+    float* p = C + (long long)row * ldc + col;
+    if (pair_ok && col + 1 < N) {
+        *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+    } else {
+        if (col < N) p[0] = v0;
+        if (col + 1 < N) p[1] = v1;
+    }
+}
+
+template <bool VEC>
+__device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restrict__ Bt,
+                                     float* __restrict__ C, long long lda, long long ldb,
+                                     long long ldc, int M, int N, int K, float scale, u8* smem) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    int m0, n0;
+    tile_coords(M, N, BM, BN, m0, n0);
+    const int KT = (K + BK - 1) / BK;
+
+    int acc[4][8][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < KT) {
+            u8* st = smem + s * STAGE;
+            load_tile<VEC>(st, A, lda, m0, M, s * BK, K, tid);
+            load_tile<VEC>(st + TILE, Bt, ldb, n0, N, s * BK, K, tid);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();   // this thread's copies of tile kt have landed
+        __syncthreads();               // everyone's have; everyone is done with tile kt-1
+        const int nk = kt + STAGES - 1;
+        if (nk < KT) {                 // refill the stage tile kt-1 used
+            u8* st = smem + (nk % STAGES) * STAGE;
+            load_tile<VEC>(st, A, lda, m0, M, nk * BK, K, tid);
+            load_tile<VEC>(st + TILE, Bt, ldb, n0, N, nk * BK, K, tid);
+        }
+        cp_async_commit();
+        const u8* st = smem + (kt % STAGES) * STAGE;
+        mma_tile(st, st + TILE, acc, wm, wn, lane);
+    }
+    cp_async_wait<0>();
+
+    const bool pair_ok = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);
+    const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int row = m0 + wm * 64 + i * 16 + g;
+            const int col = n0 + wn * 64 + j * 8 + 2 * tq;
+            store_pair(C, ldc, M, N, row, col, scaled(acc[i][j][0], scale),
+                       scaled(acc[i][j][1], scale), pair_ok);
+            store_pair(C, ldc, M, N, row + 8, col, scaled(acc[i][j][2], scale),
+                       scaled(acc[i][j][3], scale), pair_ok);
+        }
+}
+
+}  // namespace mi8
+
+// ------------------------------------------------------------- wgmma kernel --
+namespace mi8w {
+using namespace mi8;
+constexpr int BM = 128, BN = 256, BK = 128, NT = 256, STAGES = 4;
+constexpr int A_BYTES = BM * BK;              // 16384
+constexpr int B_BYTES = BN * BK;              // 32768
+constexpr int STAGE = A_BYTES + B_BYTES;      // 49152 (a multiple of 1024)
+constexpr int SMEM = STAGES * STAGE + 1024;   // + slack to align the base to 1024 B
+
+// K-major operand tile of ROWS x 128 bytes in the 128-byte swizzle layout at shared
+// address `base` (1024-aligned): 16-byte chunk c of row r lands at r*128 + ((c ^ (r&7))*16).
+template <int ROWS>
+__device__ __forceinline__ void load_tile_sw128(unsigned base, const i8* g, long long ld, int row0,
+                                                int rows, int k0, int K, int tid) {
+#pragma unroll
+    for (int i = 0; i < ROWS * 8 / NT; ++i) {
+        const int c = tid + i * NT;
+        const int r = c >> 3, ch = c & 7;
+        const int gr = row0 + r, gk = k0 + ch * 16;
+        const int n = chunk_bytes(gr, rows, gk, K);
+        const i8* src = n > 0 ? g + (long long)gr * ld + gk : g;
+        cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), src, n);
+    }
+}
+
+// wgmma shared-memory matrix descriptor: 128-byte swizzle, K-major, SBO = 1024 B.
+__device__ __forceinline__ unsigned long long make_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// d += A(64 x 32, desc a) . B(32 x 256, desc b), s32 accumulate.
+__device__ __forceinline__ void wgmma_m64n256k32(int (&d)[128], unsigned long long a,
+                                                 unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127},"
+        " %128, %129, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]),
+          "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]),
+          "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]),
+          "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]),
+          "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]),
+          "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]),
+          "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]),
+          "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]),
+          "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]),
+          "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]),
+          "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
+          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]),
+          "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]),
+          "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]),
+          "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
+          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]),
+          "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]),
+          "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]),
+          "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(a), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restrict__ Bt,
+                                     float* __restrict__ C, long long lda, long long ldb,
+                                     long long ldc, int M, int N, int K, float scale,
+                                     unsigned char* dsmem) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wg = tid >> 7, wl = (tid >> 5) & 3;   // warpgroup, warp within it
+    const unsigned base = (smem_u32(dsmem) + 1023u) & ~1023u;
+    int m0, n0;
+    tile_coords(M, N, BM, BN, m0, n0);
+    const int KT = (K + BK - 1) / BK;
+
+    int acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0;
+
+    // Loads run STAGES-2 tiles ahead: the stage refilled in iteration kt was read by the
+    // wgmma group of iteration kt-2, which every warpgroup has waited for (wait_group 1 at
+    // the end of kt-1) before the barrier of iteration kt.
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; ++s) {
+        if (s < KT) {
+            const unsigned st = base + s * STAGE;
+            load_tile_sw128<BM>(st, A, lda, m0, M, s * BK, K, tid);
+            load_tile_sw128<BN>(st + A_BYTES, Bt, ldb, n0, N, s * BK, K, tid);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 3>();   // this thread's copies of tile kt have landed
+        fence_proxy_async();           // ... and are visible to the async proxy (wgmma)
+        __syncthreads();
+        const int nk = kt + STAGES - 2;
+        if (nk < KT) {
+            const unsigned st = base + (nk % STAGES) * STAGE;
+            load_tile_sw128<BM>(st, A, lda, m0, M, nk * BK, K, tid);
+            load_tile_sw128<BN>(st + A_BYTES, Bt, ldb, n0, N, nk * BK, K, tid);
+        }
+        cp_async_commit();
+        const unsigned st = base + (kt % STAGES) * STAGE;
+        const unsigned long long da = make_desc(st + wg * 64 * BK);
+        const unsigned long long db = make_desc(st + A_BYTES);
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < BK / 32; ++s)   // +32 B along K = +2 in the 16-B address field
+            wgmma_m64n256k32(acc, da + 2 * s, db + 2 * s);
+        wg_commit();
+        wg_wait<1>();
+    }
+    wg_wait<0>();
+    cp_async_wait<0>();
+
+    const bool pair_ok = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);
+    const int g = lane >> 2, tq = lane & 3;
+    const int row = m0 + wg * 64 + wl * 16 + g;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const int col = n0 + i * 8 + 2 * tq;
+        store_pair(C, ldc, M, N, row, col, scaled(acc[4 * i], scale), scaled(acc[4 * i + 1], scale),
+                   pair_ok);
+        store_pair(C, ldc, M, N, row + 8, col, scaled(acc[4 * i + 2], scale),
+                   scaled(acc[4 * i + 3], scale), pair_ok);
+    }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace mi8w
+
+extern __shared__ __align__(16) unsigned char mi8_dyn_smem[];
+static_assert(mi8::SMEM == 81920, "MI8_SMEM in the header");
+static_assert(mi8w::SMEM == 197632, "MI8W_SMEM in the header");
+
+#define MI8_ARGS                                                                               \
+    const signed char* __restrict__ A, const signed char* __restrict__ Bt, float* __restrict__ C, \
+        long long lda, long long ldb, long long ldc, int M, int N, int K, float scale
+
+extern "C" __global__ void __launch_bounds__(mi8::NT, 2) matmul_int8_tn_v(MI8_ARGS) {
+    mi8::gemm<true>(A, Bt, C, lda, ldb, ldc, M, N, K, scale, mi8_dyn_smem);
+}
+extern "C" __global__ void __launch_bounds__(mi8::NT, 2) matmul_int8_tn_s(MI8_ARGS) {
+    mi8::gemm<false>(A, Bt, C, lda, ldb, ldc, M, N, K, scale, mi8_dyn_smem);
+}
+extern "C" __global__ void __launch_bounds__(mi8w::NT, 1) matmul_int8_wgmma(MI8_ARGS) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    mi8w::gemm(A, Bt, C, lda, ldb, ldc, M, N, K, scale, mi8_dyn_smem);
+#else
+    asm volatile("trap;");   // built without sm_90a: wgmma does not exist here
+#endif
+}
+
+// B int8 [K,N] (row stride ldb_in) -> Bt [N, ldb_out]: Bt[n, k] = B[k, n] for k < K, 0 for
+// K <= k < ldb_out. 64 x 64 tiles through shared memory (coalesced reads and writes).
+extern "C" __global__ void __launch_bounds__(256) matmul_int8_transpose(
+    const signed char* __restrict__ B, signed char* __restrict__ Bt, long long ldb_in,
+    long long ldb_out, int K, int N) {
+    __shared__ signed char tile[64][65];
+    const int n0 = blockIdx.x * 64, k0 = blockIdx.y * 64, tid = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int e = tid + i * 256, r = e >> 6, c = e & 63;   // r: k, c: n
+        const int k = k0 + r, n = n0 + c;
+        tile[r][c] = (k < K && n < N) ? B[(long long)k * ldb_in + n] : (signed char)0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        const int e = tid + i * 256, r = e >> 6, c = e & 63;   // r: n, c: k
+        const int n = n0 + r, k = k0 + c;
+        if (n < N && k < ldb_out) Bt[(long long)n * ldb_out + k] = tile[c][r];
+    }
+}
