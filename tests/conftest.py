@@ -55,3 +55,18 @@ def _cpu_default_unless_device_test(request, monkeypatch):
     on the GPU machine, where the default would otherwise be "cuda"."""
     if "device" not in request.fixturenames and request.node.get_closest_marker("cuda") is None:
         monkeypatch.setenv("MINIGRAD_DEVICE", "cpu")
+
+
+@pytest.fixture
+def poisoned_device(device):
+    """Like `device`, and on CUDA every new buffer is NaN/-1-filled before a kernel
+    writes it, so an element a kernel forgets to write fails the comparison."""
+    if device != "cuda":
+        yield device
+        return
+    from minigrad.backend.cuda import backend as bm
+    bm.POISON = True
+    try:
+        yield device
+    finally:
+        bm.POISON = False

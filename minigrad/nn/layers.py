@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from .. import ops
+from ..dtype import bfloat16, float16
 from ..tensor import Tensor
 from .module import Module
 
@@ -17,13 +19,25 @@ def _param(t: Tensor) -> Tensor:
 
 class Linear(Module):
     """y = x @ weight.T + bias, weight (out_features, in_features). Both are initialised
-    U(-1/sqrt(in_features), 1/sqrt(in_features)), as in PyTorch."""
+    U(-1/sqrt(in_features), 1/sqrt(in_features)), as in PyTorch.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    `compute` picks the precision of the product (the weights stay float32):
+    "auto" (the default, `Linear.default_compute`) is bfloat16 tensor cores on CUDA
+    (`mg.ops.matmul_tc_bf16_async`, f32 accumulate and output) and float32 on the CPU;
+    "float32", "bfloat16" or "float16" force one everywhere. Set
+    `mg.nn.Linear.default_compute = "float32"` to switch every layer."""
+
+    default_compute = "auto"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 compute: str | None = None):
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Linear: in_features and out_features must be positive, got "
                              f"{in_features} and {out_features}")
-        self.in_features, self.out_features = in_features, out_features
+        if compute not in (None, *_COMPUTE):
+            raise ValueError(f"Linear: compute must be one of {tuple(_COMPUTE)}, got "
+                             f"{compute!r}")
+        self.in_features, self.out_features, self.compute = in_features, out_features, compute
         bound = 1 / math.sqrt(in_features)
         self.weight = _param(Tensor.rand(out_features, in_features) * (2 * bound) - bound)
         self.bias = _param(Tensor.rand(out_features) * (2 * bound) - bound) if bias else None
@@ -32,12 +46,24 @@ class Linear(Module):
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"Linear: input of shape {x.shape} needs a last dimension of "
                              f"{self.in_features}")
-        y = x @ self.weight.T
+        compute = self.compute or Linear.default_compute
+        if compute == "auto":
+            compute = "bfloat16" if x.device == "cuda" else "float32"
+        op = _COMPUTE[compute]
+        if op is None:
+            y = x @ self.weight.T
+        else:       # tensor cores read weight.T in place (a transposed view, no copy)
+            dtype = bfloat16 if op is ops.matmul_tc_bf16_async else float16
+            y = op(x.cast(dtype), self.weight.cast(dtype).T)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+_COMPUTE = {"auto": None, "float32": None, "bfloat16": ops.matmul_tc_bf16_async,
+            "float16": ops.matmul_tc_async}
 
 
 class Embedding(Module):

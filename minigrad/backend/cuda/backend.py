@@ -18,10 +18,10 @@ import warnings
 
 import numpy as np
 
-from ...dtype import DType, bool_, float32, int64, to_dtype
+from ...dtype import DType, bfloat16, bool_, float16, float32, int64, to_dtype
 from . import codegen as cg
 from . import compiler
-from . import runtime
+from . import ops_matmul, runtime
 from .views import collapse, contig_strides, is_contig, needs_idx64, reshape_strides
 
 _BLOCK = 256
@@ -102,6 +102,7 @@ class CudaBackend:
         self._consts = {}            # (dtype, repr(value)) -> one-element buffer, for `full`
         self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ndim, ...)
         self.device_name, self.arch = runtime.name, runtime.arch
+        ops_matmul.register(self)
 
     # -- buffers ------------------------------------------------------------------
     def empty(self, shape, dtype: DType) -> CudaBuffer:
@@ -284,6 +285,8 @@ class CudaBackend:
         return out
 
     def matmul(self, a, b):
+        if a.dtype in (float16, bfloat16):    # tensor cores, f32 accumulate, one rounding
+            return self.cast(a.dtype, ops_matmul.tc_matmul(self, a, b, pipelined=True))
         *batch, M, K = a.shape
         N = b.shape[-1]
         out = self.empty((*batch, M, N), a.dtype)

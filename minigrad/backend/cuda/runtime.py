@@ -39,6 +39,7 @@ pool = DeviceMemoryPool()
 cc = device.compute_capability()
 arch = "sm_%d%d" % cc
 name = device.name()
+multiprocessors = device.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
 _peak = 0
 _n_allocs = 0
 _FAST = hasattr(drv.Function, "_launch_kernel")
