@@ -14,6 +14,7 @@ statistics, then runs the backward kernels.
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import lazy
 from .autograd import Function
@@ -106,7 +107,7 @@ matmul_tc_bf16_async = _matmul_op("matmul_tc_bf16_async", bfloat16)
 
 # ------------------------------------------------------------- quantized family --
 def _check_scale(op, name, scale):
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or \
             not math.isfinite(scale):
         raise TypeError(f"{op}: {name} must be a finite Python float, got {scale!r}")
     return float(scale)
