@@ -3,7 +3,9 @@
 A module's parameters are the Tensors found in its attributes, directly, inside
 sub-Modules, or inside lists/tuples of them, named by their dotted path
 ("transformer.h.0.attn.c_attn.weight"). Attributes whose names begin with "_"
-are private and never discovered (keep caches and constants there).
+are private and never discovered (keep caches and constants there). Attributes
+named by `register_buffer` are buffers: state (in state_dict, moved by .to(device))
+that is not a parameter.
 """
 from __future__ import annotations
 
@@ -58,23 +60,46 @@ class Module:
     def modules(self) -> Iterator["Module"]:
         return (m for _, m in self.named_modules())
 
-    def _named_tensors(self) -> Iterator[tuple]:
-        """Every (dotted name, Tensor), a shared (tied) Tensor under each of its names."""
+    def _named_tensors(self, which: str = "all") -> Iterator[tuple]:
+        """Every (dotted name, Tensor), a shared (tied) Tensor under each of its names;
+        `which` = "all", "parameters" or "buffers"."""
         for prefix, module in self.named_modules():
+            buffers = vars(module).get("_buffers", ())
             for name, value in module._children():
-                if isinstance(value, Tensor):
+                if isinstance(value, Tensor) and \
+                        (which == "all" or (which == "buffers") == (name in buffers)):
                     yield (f"{prefix}.{name}" if prefix else name), value
 
-    def named_parameters(self) -> Iterator[tuple]:
-        """(dotted name, Tensor), each Tensor once (a tied weight under its first name)."""
+    def _unique(self, which: str) -> Iterator[tuple]:
         seen = set()
-        for name, t in self._named_tensors():
+        for name, t in self._named_tensors(which):
             if id(t) not in seen:
                 seen.add(id(t))
                 yield name, t
 
+    def named_parameters(self) -> Iterator[tuple]:
+        """(dotted name, Tensor), each Tensor once (a tied weight under its first name);
+        buffers are not parameters."""
+        return self._unique("parameters")
+
     def parameters(self) -> list:
         return [t for _, t in self.named_parameters()]
+
+    def register_buffer(self, name: str, tensor: Tensor) -> None:
+        """Set attribute `name` to a Tensor that is state but not a parameter (as in
+        PyTorch): it is in state_dict() and moves with .to(device), but parameters()
+        leaves it out (no optimizer, no gradient) and .to(dtype) keeps its dtype (e.g.
+        the int8 weights and f16 scales of mg.nn.QuantLinear)."""
+        if "_buffers" not in vars(self):
+            self._buffers = set()
+        self._buffers.add(name)
+        setattr(self, name, tensor)
+
+    def named_buffers(self) -> Iterator[tuple]:
+        return self._unique("buffers")
+
+    def buffers(self) -> list:
+        return [t for _, t in self.named_buffers()]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -140,13 +165,18 @@ class Module:
             p.grad = None
 
     def to(self, arg) -> "Module":
-        """Move every parameter to a device ("cpu", "cuda") or cast the float ones to a
-        dtype, keeping the same Tensor objects (an optimizer holding them stays valid)."""
+        """Move every parameter and buffer to a device ("cpu", "cuda") or cast the float
+        parameters to a dtype, keeping the same Tensor objects (an optimizer holding them
+        stays valid). Buffers keep their dtype."""
         try:
             dtype, device = to_dtype(arg), None
         except TypeError:
             dtype, device = None, canonical(arg)
         with no_grad():
+            if device is not None:
+                for b in self.buffers():
+                    if b.device != device:
+                        b.lazydata = b.detach().to(device).realize().lazydata
             for p in self.parameters():
                 if device is not None and p.device != device:
                     p.lazydata = p.detach().to(device).realize().lazydata

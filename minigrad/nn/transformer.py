@@ -42,12 +42,7 @@ def naive_attention(q, k, v, causal=True, dropout_p=0.0, training=False) -> Tens
 
 
 def _kernel_attention(q, k, v, causal, impl):
-    try:
-        from .. import ops
-    except ImportError as e:
-        raise NotImplementedError(f"attention: impl={impl!r} needs the kernel ops of "
-                                  f"minigrad.ops, which this build lacks ({e}); use "
-                                  f"impl='naive'") from e
+    from .. import ops
     if impl == "flash":
         fn = ops.attention_flash_causal if causal else ops.attention_flash
         return fn(q.float(), k.float(), v.float()).cast(q.dtype)
@@ -55,11 +50,15 @@ def _kernel_attention(q, k, v, causal, impl):
     return fn(q.half(), k.half(), v.half()).cast(q.dtype)
 
 
-ATTENTION_IMPLS = ("naive", "flash", "tc")
+ATTENTION_IMPLS = ("auto", "naive", "flash", "tc")
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, training=False, impl="naive") -> Tensor:
-    """Scaled dot-product attention of q, k, v shaped [..., T, head_size]."""
+def attention(q, k, v, causal=True, dropout_p=0.0, training=False, impl="auto") -> Tensor:
+    """Scaled dot-product attention of q, k, v shaped [..., T, head_size].
+    impl="auto" is the flash kernel on CUDA and the composed ops on the CPU; the kernels
+    have no attention dropout, so while training with dropout_p > 0 "auto" composes."""
+    if impl == "auto":
+        impl = "flash" if q.device == "cuda" and not (training and dropout_p > 0) else "naive"
     if impl == "naive":
         return naive_attention(q, k, v, causal, dropout_p, training)
     if impl not in ATTENTION_IMPLS:
@@ -75,7 +74,7 @@ class CausalSelfAttention(Module):
     mixes the heads' outputs. `impl` picks the attention implementation (see attention())."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 impl: str = "naive"):
+                 impl: str = "auto"):
         if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
             raise ValueError(f"CausalSelfAttention: n_embd ({n_embd}) must be a positive "
                              f"multiple of n_head ({n_head})")
@@ -117,7 +116,7 @@ class Block(Module):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
-                 impl: str = "naive"):
+                 impl: str = "auto"):
         self.ln_1 = LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, impl)
         self.ln_2 = LayerNorm(n_embd, bias=bias)
@@ -235,6 +234,14 @@ class GPT(Module):
                 nxt = (logits + gumbel).argmax(-1)
             tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
         return Tensor(tokens, dtype=idx.dtype, device=device)
+
+    def quantize(self, bits: int = 8, group_size: int = 128) -> "GPT":
+        """A quantized copy for inference (mg.nn.quantize): attention Q/K/V fused and
+        quantized, every other Linear a QuantLinear (bits=8: W8A8; bits=4: W4A16 with
+        `group_size`); embeddings, LayerNorms and the tied lm_head stay float32. This
+        model is unchanged."""
+        from .quant import quantize
+        return quantize(self, bits, group_size)
 
     def extra_repr(self):
         return (f"vocab_size={self.vocab_size}, block_size={self.block_size}, "

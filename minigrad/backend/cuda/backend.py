@@ -21,7 +21,7 @@ import numpy as np
 from ...dtype import DType, bfloat16, bool_, float16, float32, int64, to_dtype
 from . import codegen as cg
 from . import compiler
-from . import ops_matmul, runtime
+from . import ops_attention, ops_matmul, ops_quant, runtime
 from .views import collapse, contig_strides, is_contig, needs_idx64, reshape_strides
 
 _BLOCK = 256
@@ -103,6 +103,8 @@ class CudaBackend:
         self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ndim, ...)
         self.device_name, self.arch = runtime.name, runtime.arch
         ops_matmul.register(self)
+        ops_quant.register(self)
+        ops_attention.register(self)
 
     # -- buffers ------------------------------------------------------------------
     def empty(self, shape, dtype: DType) -> CudaBuffer:

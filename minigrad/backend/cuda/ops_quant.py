@@ -1,0 +1,312 @@
+"""The quantized family on the GPU: host side of kernels/matmul_int8.cu, matmul_int4.cu
+and qkv_project.cu (their opening comments are the contracts; benchmarks/notes_quant.md
+has the measurements behind the choices below).
+
+`register(backend)` puts one function per op into `backend.kernels`:
+
+    matmul_int8(a, b, scale=)                 int8 [..., M, K] x int8 [K, N] -> f32 [..., M, N]
+    matmul_int4(a, packed, scales, group_size=)        f16 [..., M, K] -> f32 [..., M, N]
+    dequantize_int4(packed, scales, group_size=)       -> f16 [K, N] (the backward's weight)
+    qkv_project_int8(x, wq, wk, wv, scales=(sq, sk, sv))       -> three f16 [..., M, N]
+    qkv_project_int4(x, wq, wk, wv, sq, sk, sv, group_size=)    -> three f16 [..., M, N]
+
+Each receives strided `CudaBuffer` views (shapes already validated by minigrad.ops) and
+returns new dense buffers. Host rules:
+
+* Activations: leading batch dims are flattened into M without a copy when the strides
+  allow (one row stride, unit stride along K); otherwise one dense copy.
+* int8 B operands (matmul_int8's b, the three QKV weights) are [K, N] in the API, but the
+  kernels read them K-major, as Bt = [N, ld] (element (k, n) at Bt[n*ld + k]). A b that
+  is a transposed view of an [N, K] tensor (strides (1, ld), as `linear_weight.T`) is used
+  as it is; any other b is copied once per call into [N, round_up(K, 16)]
+  (`matmul_int8_transpose` for a row-major b, a strided copy otherwise). Callers that
+  reuse a weight keep it [N, K] and pass `.T` (mg.nn.QuantLinear does).
+* matmul_int8: `matmul_int8_wgmma` on compute capability 9.0 (the file is built for
+  sm_90a there), `_tn_v` elsewhere; both need lda, ldb % 16 == 0 and 16-byte aligned A and
+  Bt, else `_tn_s` (byte loads, any layout).
+* matmul_int4 / qkv_project_*: M <= 64 -> the gemv (decode) kernels; M > 64 -> the wgmma
+  gemm on cc 9.0, the mma.sync gemm elsewhere. int4 gemv: R = 1 row tile per block when
+  K > N, else 2; T = 1 token tile when M <= 8, else 2. x must be 16-byte aligned with a
+  row stride % 8 == 0 (qkv_project_int8 has element-load `_s` variants for other x; the
+  int4 kernels get a dense copy, whose row stride K is a multiple of the group size).
+* Kernels using more than 48 KB of dynamic shared memory get the attribute raised once.
+* Architectures the kernel files do not declare (`// minigrad-arch:`) are not registered:
+  the backend then runs the NumPy reference on the host (with its one-time warning).
+"""
+from __future__ import annotations
+
+import math
+
+from ...dtype import float16, float32, int8
+from . import compiler
+
+I8_FILE, I4_FILE, QKV_FILE = "matmul_int8.cu", "matmul_int4.cu", "qkv_project.cu"
+I8_FMT, I8T_FMT = "PPPqqqiiif", "PPqqii"
+I4_FMT = "PPPPqqiiii"
+Q4_FMT, Q8_FMT = "PPPPPPPPPPqqiiii", "PPPPPPPqqqiiifff"
+MI8_SMEM, MI8W_SMEM = 81920, 197632          # matmul_int8 _tn_v/_tn_s, wgmma
+GM_SMEM_I4, GM_SMEM_I8 = 69632, 86016        # mma.sync gemm, int4 / int8 weights
+WG_SMEM_I4, WG_SMEM_I8 = 189440, 230400      # wgmma gemm, int4 / int8 weights
+GEMV_MAX_M = 64                              # M <= 64: decode kernels
+MAX_GRID_YZ = 65535
+
+# dequantize_int4 as one generated elementwise kernel over the output [K, N] (flat index
+# i, k = i / N): nibble k % 8 of the word, two's complement, times the f16 scale. The
+# product of a 4-bit integer and an f16 value is exact in f32, so the f16 store rounds
+# once, as the NumPy reference does.
+DEQUANT_INT4_EXPR = "(float)(((((a0 >> (4 * (((long long)i / c0) & 7))) & 15) ^ 8) - 8)) * a1"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def round_up(a: int, b: int) -> int:
+    return ceil_div(a, b) * b
+
+
+def supported_files(arch: str) -> dict:
+    """{file: the arch it is built with} for the quantized kernel files this device can
+    build (a file whose `minigrad-arch` list lacks the device is left out)."""
+    out = {}
+    for f in (I8_FILE, I4_FILE, QKV_FILE):
+        text = (compiler.kernels_dir() / f).read_text()
+        try:
+            out[f] = compiler.arch_for_file(text, arch)
+        except RuntimeError:
+            pass
+    return out
+
+
+def register(backend, runtime=None) -> list:
+    """Register the quantized ops on `backend` (a CudaBackend); returns their names.
+    `runtime` defaults to minigrad.backend.cuda.runtime (tests may pass a stand-in)."""
+    if runtime is None:
+        from . import runtime
+    q = QuantKernels(backend, runtime)
+    names = ["dequantize_int4"]                       # a generated kernel: any arch
+    if I8_FILE in q.files:
+        names.append("matmul_int8")
+    if I4_FILE in q.files:
+        names.append("matmul_int4")
+    if QKV_FILE in q.files:
+        names.append("qkv_project_int4")
+        if I8_FILE in q.files:          # a row-major int8 weight needs matmul_int8.cu's
+            names.append("qkv_project_int8")             # transpose
+    for name in names:
+        backend.kernels[name] = getattr(q, name)
+    return names
+
+
+class QuantKernels:
+    def __init__(self, backend, runtime):
+        self.b, self.rt = backend, runtime
+        self.files = supported_files(backend.arch)
+        self.wgmma = {f: a == "sm_90a" for f, a in self.files.items()}
+
+    # ------------------------------------------------------------ plumbing --
+    def _fn(self, file, entry, fmt, smem=0):
+        fn = self.b.function(file, entry, fmt)
+        if smem > 48 * 1024 and getattr(fn, "mg_max_dynamic_smem", 0) < smem:
+            self.rt.set_max_dynamic_shared(fn, smem)
+            fn.mg_max_dynamic_smem = smem
+        return fn
+
+    def _launch(self, file, entry, fmt, grid, block, args, smem=0):
+        assert grid[1] <= MAX_GRID_YZ and grid[2] <= MAX_GRID_YZ, (entry, grid)
+        self.rt.launch(self._fn(file, entry, fmt, smem), grid, block, args, smem)
+
+    def _copy(self, x):
+        """A fresh dense copy (new allocations are aligned)."""
+        return self.b._copy_into(self.b.empty(x.shape, x.dtype), x)
+
+    def _aligned(self, x):
+        """x dense, starting at a 16-byte boundary (a copy only when it is not)."""
+        x = self.b._dense(x)
+        return x if x.ptr % 16 == 0 else self._copy(x)
+
+    def _zero(self, buf):
+        self.rt.memset(buf.ptr, 0, buf.nbytes)
+        return buf
+
+    def _rows(self, a, K):
+        """a [..., M, K] as (2-D buffer [M, K] with unit stride along K, row stride).
+        A single row reports a row stride of round_up(K, 16), which the kernels never use
+        (only row 0 is read) but which passes their vector-load rules."""
+        M = math.prod(a.shape[:-1])
+        x = a if a.ndim == 2 else self.b.reshape((M, K), a)
+        sm, sk = x.strides
+        if not ((K == 1 or sk == 1) and (M == 1 or sm >= K)):
+            x = self._copy(x)
+            sm = K
+        return x, (round_up(K, 16) if M == 1 else sm)
+
+    def _x_vec(self, x, ld, mult):
+        return ld % mult == 0 and x.ptr % 16 == 0
+
+    def _k_major(self, b, need_aligned):
+        """An int8 [K, N] view as (Bt, ld): element (k, n) at Bt.ptr + n*ld + k. Uses b
+        as it is when it is already K-major (a transposed [N, K] tensor) and, where the
+        kernel needs it (need_aligned), ld % 16 == 0 with a 16-byte aligned start; else
+        copies it once into a new [N, round_up(K, 16)] buffer."""
+        K, N = b.shape
+        sk, sn = b.strides
+        if (K == 1 or sk == 1) and (N == 1 or sn >= K):
+            ld = sn if N > 1 else round_up(K, 16)
+            if not need_aligned or (ld % 16 == 0 and b.ptr % 16 == 0):
+                return b, ld
+        ld = round_up(K, 16)
+        if not ((N == 1 or sn == 1) and (K == 1 or sk >= N) and
+                ceil_div(ld, 64) <= MAX_GRID_YZ):
+            return self._k_major_copy(b)
+        # row-major [K, N] (row stride ldb_in): the tiled transpose of matmul_int8.cu,
+        # which also zero-fills the padding k in [K, ld)
+        bt = self.b.empty((N, ld), int8)
+        self._launch(I8_FILE, "matmul_int8_transpose", I8T_FMT,
+                     (ceil_div(N, 64), ceil_div(ld, 64), 1), (256, 1, 1),
+                     [b.ptr, bt.ptr, sk if K > 1 else N, ld, K, N])
+        return bt, ld
+
+    def _k_major_copy(self, b):
+        """A new [N, round_up(K, 16)] K-major copy of the int8 [K, N] view b, by one
+        strided copy (the padding k in [K, ld) is never used: the kernels zero-fill K
+        tails, and x is zero there)."""
+        K, N = b.shape
+        ld = round_up(K, 16)
+        bt = self.b.empty((N, ld), int8)
+        self.b._copy_into(bt.view((K, N), (1, ld), bt.offset), b)
+        return bt, ld
+
+    # ----------------------------------------------------------------- ops --
+    def matmul_int8(self, a, b, scale):
+        K, N = b.shape
+        lead = a.shape[:-1]
+        M = math.prod(lead)
+        out = self.b.empty(lead + (N,), float32)
+        if out.size == 0:
+            return out
+        if K == 0:
+            return self._zero(out)
+        A, lda = self._rows(a, K)
+        Bt, ldb = self._k_major(b, need_aligned=False)
+        vec = lda % 16 == 0 and ldb % 16 == 0 and A.ptr % 16 == 0 and Bt.ptr % 16 == 0
+        args = [A.ptr, Bt.ptr, out.ptr, lda, ldb, N, M, N, K, float(scale)]
+        if vec and self.wgmma[I8_FILE]:
+            self._launch(I8_FILE, "matmul_int8_wgmma", I8_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 256), 1, 1), (256, 1, 1), args,
+                         MI8W_SMEM)
+        else:
+            self._launch(I8_FILE, "matmul_int8_tn_v" if vec else "matmul_int8_tn_s", I8_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 128), 1, 1), (128, 1, 1), args,
+                         MI8_SMEM)
+        return out
+
+    def _x_f16(self, x, K):
+        """f16 activations [..., M, K] -> (buffer, ldx) meeting the 16-byte load rule of
+        the int4 kernels (a dense copy otherwise: its ldx = K is a multiple of 32)."""
+        X, ldx = self._rows(x, K)
+        if not self._x_vec(X, ldx, 8):
+            X, ldx = self._copy(X), K
+        return X, ldx
+
+    def matmul_int4(self, a, packed, scales, group_size):
+        N, K = packed.shape[0], packed.shape[1] * 8
+        lead = a.shape[:-1]
+        M = math.prod(lead)
+        out = self.b.empty(lead + (N,), float32)
+        if out.size == 0:
+            return out
+        if K == 0:
+            return self._zero(out)
+        A, lda = self._x_f16(a, K)
+        W, S = self._aligned(packed), self._aligned(scales)
+        args = [A.ptr, W.ptr, S.ptr, out.ptr, lda, N, M, N, K, int(math.log2(group_size))]
+        if M <= GEMV_MAX_M:
+            r = 1 if K > N else 2
+            t = 1 if M <= 8 else 2
+            self._launch(I4_FILE, f"matmul_int4_gemv_r{r}_t{t}", I4_FMT,
+                         (ceil_div(N, 16 * r), ceil_div(M, 8 * t), 1), (256, 1, 1), args)
+        elif self.wgmma[I4_FILE]:
+            self._launch(I4_FILE, "matmul_int4_gemm_wgmma", I4_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 256), 1, 1), (256, 1, 1), args,
+                         WG_SMEM_I4)
+        else:
+            self._launch(I4_FILE, "matmul_int4_gemm", I4_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 128), 1, 1), (128, 1, 1), args,
+                         GM_SMEM_I4)
+        return out
+
+    def dequantize_int4(self, packed, scales, group_size):
+        N, K, G = packed.shape[0], packed.shape[1] * 8, group_size
+        out = self.b.empty((K, N), float16)
+        if out.size == 0:
+            return out
+        # views over (group g, word t of the group, nibble j, column n): k = g*G + 8t + j
+        sp_n, sp_w = packed.strides
+        ss_g, ss_n = scales.strides
+        shape = (K // G, G // 8, 8, N)
+        p = packed.view(shape, (sp_w * (G // 8), sp_w, 0, sp_n))
+        s = scales.view(shape, (ss_g, 0, 0, ss_n))
+        self.b._ew(DEQUANT_INT4_EXPR, out.view(shape, None), [p, s], [("long long", N)])
+        return out
+
+    def qkv_project_int8(self, x, wq, wk, wv, scales):
+        K, N = wq.shape
+        lead = x.shape[:-1]
+        M = math.prod(lead)
+        outs = tuple(self.b.empty(lead + (N,), float16) for _ in range(3))
+        if outs[0].size == 0:
+            return outs
+        if K == 0:
+            return tuple(self._zero(o) for o in outs)
+        X, ldx = self._rows(x, K)
+        ws = [self._k_major(w, need_aligned=True) for w in (wq, wk, wv)]
+        if len({ld for _, ld in ws}) > 1:      # the kernel takes one ldw for all three
+            ws = [(bt, ld) if ld == round_up(K, 16) else self._k_major_copy(w)
+                  for (bt, ld), w in zip(ws, (wq, wk, wv))]
+        ldw = ws[0][1]
+        vec = self._x_vec(X, ldx, 8)
+        v = "v" if vec else "s"
+        args = [X.ptr, *(w.ptr for w, _ in ws), *(o.ptr for o in outs), ldx, ldw, N, M, N, K,
+                *(float(s) for s in scales)]
+        if M <= GEMV_MAX_M:
+            t = 1 if M <= 8 else 2
+            self._launch(QKV_FILE, f"qkv_project_int8_gemv_t{t}_{v}", Q8_FMT,
+                         (ceil_div(N, 16), ceil_div(M, 8 * t), 1), (256, 1, 1), args)
+        elif vec and self.wgmma[QKV_FILE]:
+            self._launch(QKV_FILE, "qkv_project_int8_gemm_wgmma", Q8_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 256), 3, 1), (256, 1, 1), args,
+                         WG_SMEM_I8)
+        else:
+            self._launch(QKV_FILE, f"qkv_project_int8_gemm_{v}", Q8_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 128), 3, 1), (128, 1, 1), args,
+                         GM_SMEM_I8)
+        return tuple(outs)
+
+    def qkv_project_int4(self, x, wq, wk, wv, sq, sk, sv, group_size):
+        N, K = wq.shape[0], wq.shape[1] * 8
+        lead = x.shape[:-1]
+        M = math.prod(lead)
+        outs = tuple(self.b.empty(lead + (N,), float16) for _ in range(3))
+        if outs[0].size == 0:
+            return outs
+        if K == 0:
+            return tuple(self._zero(o) for o in outs)
+        X, ldx = self._x_f16(x, K)
+        ws = [self._aligned(w) for w in (wq, wk, wv)]
+        ss = [self._aligned(s) for s in (sq, sk, sv)]
+        args = [X.ptr, *(w.ptr for w in ws), *(s.ptr for s in ss), *(o.ptr for o in outs),
+                ldx, N, M, N, K, int(math.log2(group_size))]
+        if M <= GEMV_MAX_M:
+            t = 1 if M <= 8 else 2
+            self._launch(QKV_FILE, f"qkv_project_int4_gemv_t{t}", Q4_FMT,
+                         (ceil_div(N, 16), ceil_div(M, 8 * t), 1), (256, 1, 1), args)
+        elif self.wgmma[QKV_FILE]:
+            self._launch(QKV_FILE, "qkv_project_int4_gemm_wgmma", Q4_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 256), 3, 1), (256, 1, 1), args,
+                         WG_SMEM_I4)
+        else:
+            self._launch(QKV_FILE, "qkv_project_int4_gemm", Q4_FMT,
+                         (ceil_div(M, 128) * ceil_div(N, 128), 3, 1), (128, 1, 1), args,
+                         GM_SMEM_I4)
+        return outs
