@@ -65,14 +65,17 @@ def test_deep_graph_freed_without_recursion_error(device):
 
 
 def _time_chain(n, device):
+    # the CPU path is timed in process CPU time: under a loaded machine (pytest -n 12)
+    # the wall clock measures the neighbours, not the algorithm
+    clock = time.process_time if device == "cpu" else time.perf_counter
     best = float("inf")
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0 = clock()
         x, y = _chain(n, device, np.array([1.0, 2.0], np.float32))
         y.sum().backward()
         mg.realize(y, x.grad)
         mg.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
         del x, y
     return best
 
@@ -211,7 +214,7 @@ FORWARD_OPS = {
     "pow_tensor": lambda t: t.abs() ** t, "max": lambda t: t.max(0), "log": lambda t: t.log(),
     "softmax": lambda t: t.softmax(-1), "layernorm": lambda t: t.layernorm(),
     "index": lambda t: t[[0, 1, 1]], "matmul": lambda t: t @ t.T, "cat": lambda t: Tensor.cat([t, t]),
-    "where": lambda t: (t > 1).where(t, 0.0), "cross_entropy": lambda t: t.cross_entropy(Tensor([0, 1, 1, 0])),
+    "where": lambda t: (t > 1).where(t, 0.0), "cross_entropy": lambda t: t.cross_entropy(Tensor([0, 1, 1, 0], device=t.device)),
 }
 
 

@@ -849,7 +849,8 @@ def test_cuda_host_rules_emulated(arch, rng):
 
     # qkv_project_int8: _v / _s x, weights transposed views (ld % 16 == 0 or not) and
     # row-major; different ld across the three weights
-    for M, N, K in ((1, 7, 33), (17, 130, 96), (64, 16, 40), (100, 300, 64), (300, 8, 33)):
+    for M, N, K in ((1, 7, 33), (3, 7, 40), (17, 130, 96), (64, 16, 40), (100, 300, 64),
+                    (300, 8, 33)):
         x = h16(M, K)
         ws = [rng.integers(-127, 128, (K, N), dtype=np.int8) for _ in range(3)]
         sc = (0.01, 0.02, 0.03)

@@ -131,15 +131,17 @@ class QuantKernels:
 
     def _rows(self, a, K):
         """a [..., M, K] as (2-D buffer [M, K] with unit stride along K, row stride).
-        A single row reports a row stride of round_up(K, 16), which the kernels never use
-        (only row 0 is read) but which passes their vector-load rules."""
+        A single row reports a row stride of K: the vector loaders read a row's last
+        16-byte chunk whole, so a row of K bytes passes their rules only when K itself
+        does (reporting round_up(K, 16) let matmul_int8_wgmma read past a [1, 33]
+        allocation: compute-sanitizer, H200)."""
         M = math.prod(a.shape[:-1])
         x = a if a.ndim == 2 else self.b.reshape((M, K), a)
         sm, sk = x.strides
         if not ((K == 1 or sk == 1) and (M == 1 or sm >= K)):
             x = self._copy(x)
             sm = K
-        return x, (round_up(K, 16) if M == 1 else sm)
+        return x, (K if M == 1 else sm)
 
     def _x_vec(self, x, ld, mult):
         return ld % mult == 0 and x.ptr % 16 == 0
