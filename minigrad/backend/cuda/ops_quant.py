@@ -154,7 +154,7 @@ class QuantKernels:
         K, N = b.shape
         sk, sn = b.strides
         if (K == 1 or sk == 1) and (N == 1 or sn >= K):
-            ld = sn if N > 1 else round_up(K, 16)
+            ld = sn if N > 1 else K     # one column: K, never a padded stride (see _rows)
             if not need_aligned or (ld % 16 == 0 and b.ptr % 16 == 0):
                 return b, ld
         ld = round_up(K, 16)
