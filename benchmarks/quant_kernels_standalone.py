@@ -555,19 +555,8 @@ class Checker:
             b.free()
 
 
-def shared_block_in_sync():
-    b, e = "// ==== BEGIN shared weight-quantized", "// ==== END shared weight-quantized"
-    blocks = []
-    for name in ("matmul_int4.cu", "qkv_project.cu"):
-        t = (KDIR / name).read_text()
-        blocks.append(t[t.index(b):t.index(e)])
-    return blocks[0] == blocks[1]
-
-
 def run_checks(ks, families, sanitize, seed, log):
     ch = Checker(ks, seed, log)
-    ch.record("source", "mwq template copies identical", "matmul_int4.cu vs qkv_project.cu",
-              shared_block_in_sync(), 0)
     Ms, Ns = (1, 3, 17, 64, 1000), (1, 7, 130, 4096)
     if sanitize:
         Ms, Ns = (3, 130), (7, 130)

@@ -1,0 +1,841 @@
+// weight_quant.cuh - the weight-quantized matmul templates shared by matmul_int4.cu and
+// qkv_project.cu (namespace mwq): helpers, the int4/int8 weight decoders, and the gemv,
+// mma.sync gemm and wgmma gemm kernels those files instantiate. Each including file
+// states the contracts and host launch rules of its own entry points.
+#pragma once
+
+namespace mwq {
+
+typedef unsigned short u16;
+
+// ------------------------------------------------------------------ helpers --
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
+                                        unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Streamed weights: read once, keep them out of L1 (the activations live there).
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u16 ldg_u16(const u16* p) {
+    u16 v;
+    asm volatile("ld.global.nc.u16 %0, [%1];\n" : "=h"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned s) {
+    return __byte_perm(a, b, s);
+}
+// f16x2 arithmetic with explicit IEEE round-to-nearest (never contracted, subnormals kept).
+__device__ __forceinline__ unsigned hsub2(unsigned a, unsigned b) {
+    unsigned d;
+    asm("sub.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ unsigned hfma2(unsigned a, unsigned b, unsigned c) {
+    unsigned d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+__device__ __forceinline__ unsigned hmul2(unsigned a, unsigned b) {
+    unsigned d;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ u16 f32_to_f16(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(h) : "f"(v));
+    return h;
+}
+
+// int4 word (nibbles k0..k7, two's complement) -> exact f16x2 pairs
+// p[0] = (q0,q4), p[1] = (q1,q5), p[2] = (q2,q6), p[3] = (q3,q7).
+// (w & 0x000F000F) ^ 0x64086408 = 0x6400 | (nib ^ 8) = 1024 + q + 8 in each half; minus 1032.
+// (w & 0x00F000F0) ^ 0x64806480 = 1024 + 16 (q + 8); times 1/16 minus 72. All exact.
+__device__ __forceinline__ void i4_pairs(unsigned w, unsigned (&p)[4]) {
+    const unsigned w8 = w >> 8;
+    p[0] = hsub2((w & 0x000F000Fu) ^ 0x64086408u, 0x64086408u);
+    p[1] = hfma2((w & 0x00F000F0u) ^ 0x64806480u, 0x2C002C00u, 0xD480D480u);
+    p[2] = hsub2((w8 & 0x000F000Fu) ^ 0x64086408u, 0x64086408u);
+    p[3] = hfma2((w8 & 0x00F000F0u) ^ 0x64806480u, 0x2C002C00u, 0xD480D480u);
+}
+// int8 word (bytes b0..b3) -> exact f16x2: byte b ^ 0x80 = b + 128 under 0x64 gives
+// 1024 + b + 128; minus 1152. SEL picks the bytes: 0x4240 -> (b0,b2), 0x4341 -> (b1,b3),
+// 0x4140 -> (b0,b1), 0x4342 -> (b2,b3).
+template <unsigned SEL>
+__device__ __forceinline__ unsigned i8_pair(unsigned w) {
+    return hsub2(prmt(w ^ 0x80808080u, 0x64646464u, SEL), 0x64806480u);
+}
+
+// --------------------------------------------------------- weight formats --
+// A weight row (one output column n) is K-contiguous in both formats; a thread's 16-byte
+// chunk holds KCH consecutive k.
+struct I4 {   // uint32 [N, K/8] + f16 scales [K/G, N]
+    static constexpr int KCH = 32, KSHIFT = 1;   // byte of k in a row = k >> KSHIFT
+    static constexpr bool SCALED = true;   // per-group f16 scales inside the weight
+    static __device__ __forceinline__ long long row_bytes(long long /*ldw*/, int K) {
+        return (long long)K / 2;
+    }
+};
+struct I8 {   // int8 [N, ldw], ldw % 16 == 0; one f32 scale per tensor applied at the end
+    static constexpr int KCH = 16, KSHIFT = 0;
+    static constexpr bool SCALED = false;
+    static __device__ __forceinline__ long long row_bytes(long long ldw, int /*K*/) { return ldw; }
+};
+
+// Everything a kernel needs, up to three projections (q, k, v) sharing x, N, K.
+struct Args {
+    const u16* x;
+    const unsigned char* w[3];
+    const u16* s[3];
+    void* o[3];
+    float sc[3];
+    long long ldx, ldw, ldo;
+    int M, N, K, gshift;
+};
+
+// a[i] for a run-time i in 0..2 without indexing (an indexed struct array goes to local memory).
+template <class V>
+__device__ __forceinline__ V pick3(const V (&a)[3], int i) {
+    return i == 0 ? a[0] : (i == 1 ? a[1] : a[2]);
+}
+
+// Load 8 activations x[m, k..k+7] (f16) with k < K masking when the chunk is partial or
+// when XV is false (element loads; any alignment).
+// TAIL = false promises k + 8 <= K whenever k < K (int4: K % 32 == 0).
+template <bool XV, bool TAIL = true>
+__device__ __forceinline__ uint4 load_x8(const u16* row, int k, int K, bool ok) {
+    if (!ok || k >= K) return make_uint4(0u, 0u, 0u, 0u);
+    if (XV && (!TAIL || k + 8 <= K)) return __ldg(reinterpret_cast<const uint4*>(row + k));
+    unsigned w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+        if (k + e < K) w[e >> 1] |= (unsigned)__ldg(row + k + e) << (16 * (e & 1));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// ================================================================= GEMV (decode) ==
+constexpr int GV_WARPS = 8, GV_NT = 256;
+
+template <class F, int R, int T>
+struct GvW {                         // one superchunk's weights for one thread
+    uint4 w[R][2];                   // rows g and g+8 of each row tile (16 bytes each)
+    unsigned s2[R][2];               // (scale, scale) f16x2 (I4 only)
+};
+template <class F, int T>
+struct GvX {                         // one superchunk's activations for one thread
+    uint4 x[T][F::KCH / 8];          // token g + 8t, KCH activations
+};
+
+// NP projections x RT row tiles (16 rows each) per block; T token tiles (8 tokens each);
+// D superchunks of weights in flight per warp (a ring of registers, compile-time indexed).
+// XP: prefetch the next superchunk's activations (registers permitting) or load them just
+// before use (L1/L2 hits: x is small and re-read by every block).
+template <class F, int NP, int RT, int T, int D, bool XP, bool XV, bool F16OUT>
+__device__ __forceinline__ void gemv(const Args& p) {
+    constexpr int R = NP * RT;
+    constexpr int KCH = F::KCH, SCK = 4 * KCH;   // k per chunk / per warp superchunk
+    __shared__ float red[GV_WARPS][R * T * 4][32];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int nb = blockIdx.x * 16 * RT, mb = blockIdx.y * 8 * T;
+    const int K = p.K, N = p.N;
+    const int nsc = (K + SCK - 1) / SCK;
+    const long long rb = F::row_bytes(p.ldw, K);
+
+    const unsigned char* wrow[R][2];
+    const u16* srow[R][2];
+    bool rok[R][2];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int n = nb + 16 * (r % RT) + g + 8 * h;
+            rok[r][h] = n < N;
+            const int nn = rok[r][h] ? n : 0;
+            wrow[r][h] = p.w[r / RT] + (long long)nn * rb;
+            srow[r][h] = F::SCALED ? p.s[r / RT] + nn : nullptr;
+        }
+    const u16* xrow[T];
+    bool tok[T];
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+        const int m = mb + 8 * t + g;
+        tok[t] = m < p.M;
+        xrow[t] = p.x + (long long)(tok[t] ? m : 0) * p.ldx;
+    }
+
+    float acc[R][T][4];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][t][e] = 0.f;
+
+    auto fetch_w = [&](int sc, GvW<F, R, T>& st) {   // predicated off past the end of K
+        const int kc = sc * SCK + tq * KCH;          // this lane's first k
+        const bool kok = sc < nsc && kc < K;
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const bool ok = kok && rok[r][h];
+                st.w[r][h] = ok ? ldg_stream(wrow[r][h] + (kc >> F::KSHIFT)) : make_uint4(0u, 0u, 0u, 0u);
+                if (F::SCALED) {
+                    const unsigned s = ok ? ldg_u16(srow[r][h] + (long long)(kc >> p.gshift) * N) : 0u;
+                    st.s2[r][h] = s | (s << 16);
+                }
+            }
+    };
+    auto fetch_x = [&](int sc, GvX<F, T>& st) {
+        const int kc = sc * SCK + tq * KCH;
+        const bool kok = sc < nsc && kc < K;
+#pragma unroll
+        for (int t = 0; t < T; ++t)
+#pragma unroll
+            for (int q = 0; q < KCH / 8; ++q)
+                st.x[t][q] = load_x8<XV, !F::SCALED>(xrow[t], kc + 8 * q, K, kok && tok[t]);
+    };
+
+    auto compute = [&](const GvW<F, R, T>& st, const GvX<F, T>& sx) {
+#pragma unroll
+        for (int wd = 0; wd < 4; ++wd) {             // the 4 words of each 16-byte chunk
+            if (F::KCH == 32) {                      // I4: 8 k per word -> 2 mma k-steps
+                unsigned wq[R][2][4];
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const unsigned word = wd == 0 ? st.w[r][h].x : wd == 1 ? st.w[r][h].y
+                                            : wd == 2 ? st.w[r][h].z : st.w[r][h].w;
+                        unsigned q[4];
+                        i4_pairs(word, q);
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) wq[r][h][i] = hmul2(q[i], st.s2[r][h]);
+                    }
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    unsigned b0[T], b1[T];
+#pragma unroll
+                    for (int t = 0; t < T; ++t) {
+                        const uint4 X = sx.x[t][wd];
+                        const unsigned lo = j == 0 ? X.x : X.y, hi = j == 0 ? X.z : X.w;
+                        b0[t] = prmt(lo, hi, 0x5410);   // (x[2j],   x[2j+4])
+                        b1[t] = prmt(lo, hi, 0x7632);   // (x[2j+1], x[2j+5])
+                    }
+#pragma unroll
+                    for (int r = 0; r < R; ++r)
+#pragma unroll
+                        for (int t = 0; t < T; ++t)
+                            mma_f16(acc[r][t], wq[r][0][2 * j], wq[r][1][2 * j], wq[r][0][2 * j + 1],
+                                    wq[r][1][2 * j + 1], b0[t], b1[t]);
+                }
+            } else {                                 // I8: 4 k per word -> 1 mma k-step
+                unsigned b0[T], b1[T];
+#pragma unroll
+                for (int t = 0; t < T; ++t) {
+                    const uint4 X = sx.x[t][wd >> 1];
+                    const unsigned lo = (wd & 1) ? X.z : X.x, hi = (wd & 1) ? X.w : X.y;
+                    b0[t] = prmt(lo, hi, 0x5410);       // (x[0], x[2])
+                    b1[t] = prmt(lo, hi, 0x7632);       // (x[1], x[3])
+                }
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    const unsigned w0 = wd == 0 ? st.w[r][0].x : wd == 1 ? st.w[r][0].y
+                                      : wd == 2 ? st.w[r][0].z : st.w[r][0].w;
+                    const unsigned w1 = wd == 0 ? st.w[r][1].x : wd == 1 ? st.w[r][1].y
+                                      : wd == 2 ? st.w[r][1].z : st.w[r][1].w;
+                    const unsigned a0 = i8_pair<0x4240>(w0), a2 = i8_pair<0x4341>(w0);
+                    const unsigned a1 = i8_pair<0x4240>(w1), a3 = i8_pair<0x4341>(w1);
+#pragma unroll
+                    for (int t = 0; t < T; ++t) mma_f16(acc[r][t], a0, a1, a2, a3, b0[t], b1[t]);
+                }
+            }
+        }
+    };
+
+    // Warp w takes superchunks w, w+8, w+16, ...; the weights of the next D are always in
+    // flight (issued before the current one is multiplied), the activations of the next one.
+    GvW<F, R, T> ring[D];
+#pragma unroll
+    for (int i = 0; i < D; ++i) fetch_w(warp + GV_WARPS * i, ring[i]);
+    GvX<F, T> xc;
+    if (XP) fetch_x(warp, xc);
+    for (int base = warp; base < nsc; base += GV_WARPS * D) {
+#pragma unroll
+        for (int i = 0; i < D; ++i) {
+            const int sc = base + GV_WARPS * i;
+            if (sc < nsc) {                          // warp-uniform
+                if (XP) {
+                    GvX<F, T> xn;
+                    fetch_x(sc + GV_WARPS, xn);
+                    compute(ring[i], xc);
+                    xc = xn;
+                } else {
+                    fetch_x(sc, xc);
+                    compute(ring[i], xc);
+                }
+            }
+            fetch_w(sc + GV_WARPS * D, ring[i]);
+        }
+    }
+
+    // ---- add the 8 warps' partial sums, store ----
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) red[warp][(r * T + t) * 4 + e][lane] = acc[r][t][e];
+    __syncthreads();
+    // Value v of all 32 lanes is finished by warp v % 8 (v, r, t, e compile-time constants).
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int v = (r * T + t) * 4 + e;
+                if ((v & (GV_WARPS - 1)) != warp) continue;
+                float sum = 0.f;
+#pragma unroll
+                for (int w = 0; w < GV_WARPS; ++w) sum += red[w][v][lane];
+                const int n = nb + 16 * (r % RT) + g + 8 * (e >> 1);
+                const int m = mb + 8 * t + 2 * tq + (e & 1);
+                if (m < p.M && n < N) {
+                    const float val = F::SCALED ? sum : __fmul_rn(sum, p.sc[r / RT]);
+                    if (F16OUT)
+                        reinterpret_cast<u16*>(p.o[r / RT])[(long long)m * p.ldo + n] = f32_to_f16(val);
+                    else
+                        reinterpret_cast<float*>(p.o[r / RT])[(long long)m * p.ldo + n] = val;
+                }
+            }
+}
+
+// ================================================================ GEMM (prefill) ==
+constexpr int GM_BM = 128, GM_BN = 128, GM_BK = 32, GM_NT = 128, GM_STAGES = 4, GM_GROUP = 8;
+constexpr int GM_LD = GM_BK + 8;                       // f16 per shared row (80 B)
+constexpr int GM_XTILE = GM_BM * GM_LD * 2;            // 10240 B
+constexpr int GM_WDQ = GM_BN * GM_LD * 2;              // 10240 B (one dequantised f16 tile)
+template <class F> struct GmRaw;                       // raw weight tile rows
+template <> struct GmRaw<I4> { static constexpr int LD = 16, BYTES = GM_BN * 16; };   // 4 words
+template <> struct GmRaw<I8> { static constexpr int LD = 48, BYTES = GM_BN * 48; };   // 32 B + pad
+template <class F> struct GmSmem {
+    static constexpr int STAGE = GM_XTILE + GmRaw<F>::BYTES;
+    static constexpr int BYTES = GM_STAGES * STAGE + 2 * GM_WDQ;   // I4 69632, I8 86016
+};
+
+__device__ __forceinline__ void gm_tile_coords(int M, int N, int& m0, int& n0) {
+    const int tiles_m = (M + GM_BM - 1) / GM_BM, tiles_n = (N + GM_BN - 1) / GM_BN;
+    const int pid = blockIdx.x, width = GM_GROUP * tiles_n;
+    const int first_m = (pid / width) * GM_GROUP;
+    const int gsz = min(tiles_m - first_m, GM_GROUP);
+    m0 = (first_m + (pid % width) % gsz) * GM_BM;
+    n0 = ((pid % width) / gsz) * GM_BN;
+}
+
+// x tile [128 m][32 k] f16 and the raw weight tile of K tile kt into one stage.
+template <class F, bool XV>
+__device__ __forceinline__ void gm_load_stage(unsigned char* st, const Args& p, const unsigned char* W,
+                                              int m0, int n0, int kt, int tid) {
+    const int k0 = kt * GM_BK;
+    u16* xs = reinterpret_cast<u16*>(st);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {                      // 512 chunks of 8 f16
+        const int c = tid + i * GM_NT, r = c >> 2, cc = (c & 3) * 8;
+        const int m = m0 + r, k = k0 + cc;
+        const bool ok = m < p.M;
+        if (XV) {
+            const int n = ok ? min(max(p.K - k, 0), 8) : 0;
+            const u16* src = n > 0 ? p.x + (long long)m * p.ldx + k : p.x;
+            cp_async16(smem_u32(xs + r * GM_LD + cc), src, n * 2);
+        } else {
+            *reinterpret_cast<uint4*>(xs + r * GM_LD + cc) =
+                load_x8<false>(p.x + (long long)(ok ? m : 0) * p.ldx, k, p.K, ok);
+        }
+    }
+    unsigned char* raw = st + GM_XTILE;
+    if (F::KCH == 32) {                                // I4: row n = tid, 16 B = 32 k
+        const int n = n0 + tid;
+        const bool ok = n < p.N && k0 < p.K;
+        const unsigned char* src = ok ? W + (long long)n * (p.K / 2) + k0 / 2 : W;
+        cp_async16(smem_u32(raw + tid * GmRaw<F>::LD), src, ok ? 16 : 0);
+    } else {                                           // I8: 2 chunks of 16 B per row
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int c = tid + i * GM_NT, r = c >> 1, cc = (c & 1) * 16;
+            const int n = n0 + r, k = k0 + cc;
+            const int nb = n < p.N ? min(max(p.K - k, 0), 16) : 0;
+            const unsigned char* src = nb > 0 ? W + (long long)n * p.ldw + k : W;
+            cp_async16(smem_u32(raw + r * GmRaw<F>::LD + cc), src, nb);
+        }
+    }
+}
+
+// Raw weight row `tid` of a stage -> 32 f16 of the dequantised [n][k] tile.
+template <class F>
+__device__ __forceinline__ void gm_dequant(const unsigned char* st, u16* wdq, unsigned s2, int tid) {
+    const unsigned char* raw = st + GM_XTILE + tid * GmRaw<F>::LD;
+    uint4* dst = reinterpret_cast<uint4*>(wdq + tid * GM_LD);
+    if (F::KCH == 32) {
+        const uint4 v = *reinterpret_cast<const uint4*>(raw);
+        const unsigned wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            unsigned q[4];
+            i4_pairs(wv[i], q);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) q[e] = hmul2(q[e], s2);   // (w0,w4) (w1,w5) (w2,w6) (w3,w7)
+            dst[i] = make_uint4(prmt(q[0], q[1], 0x5410), prmt(q[2], q[3], 0x5410),
+                                prmt(q[0], q[1], 0x7632), prmt(q[2], q[3], 0x7632));
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * h);
+            dst[2 * h] = make_uint4(i8_pair<0x4140>(v.x), i8_pair<0x4342>(v.x),
+                                    i8_pair<0x4140>(v.y), i8_pair<0x4342>(v.y));
+            dst[2 * h + 1] = make_uint4(i8_pair<0x4140>(v.z), i8_pair<0x4342>(v.z),
+                                        i8_pair<0x4140>(v.w), i8_pair<0x4342>(v.w));
+        }
+    }
+}
+
+// One K tile (2 k16 steps) of mma for this warp's 64 x 64 tile: A = x [m][k], B = wdq [n][k].
+__device__ __forceinline__ void gm_mma(const u16* xs, const u16* ws, float (&acc)[4][8][4], int wm,
+                                       int wn, int lane) {
+    const int mi = lane >> 3, r8 = lane & 7;
+#pragma unroll
+    for (int ks = 0; ks < GM_BK; ks += 16) {
+        unsigned a[4][4], b[8][2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            ldmatrix_x4(a[i], smem_u32(xs + (wm * 64 + i * 16 + (lane & 15)) * GM_LD + ks +
+                                       (lane >> 4) * 8));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            unsigned t[4];
+            ldmatrix_x4(t, smem_u32(ws + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * GM_LD + ks +
+                                    (mi & 1) * 8));
+            b[2 * j][0] = t[0];
+            b[2 * j][1] = t[1];
+            b[2 * j + 1][0] = t[2];
+            b[2 * j + 1][1] = t[3];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                mma_f16(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+    }
+}
+
+// Projection blockIdx.y of p (NP = gridDim.y projections share x).
+template <class F, bool XV, bool F16OUT>
+__device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
+    constexpr int S = GM_STAGES, STAGE = GmSmem<F>::STAGE;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1, pr = blockIdx.y;
+    const unsigned char* W = pick3(p.w, pr);
+    u16* wdq = reinterpret_cast<u16*>(smem + S * STAGE);   // two f16 tiles
+    int m0, n0;
+    gm_tile_coords(p.M, p.N, m0, n0);
+    const int KT = (p.K + GM_BK - 1) / GM_BK;
+    const int ncol = n0 + tid;                 // the weight row this thread dequantises
+    const bool cok = ncol < p.N;
+    const u16* srow = F::SCALED ? pick3(p.s, pr) + (cok ? ncol : 0) : nullptr;
+    auto scale2 = [&](int kt) -> unsigned {   // (s, s) for K tile kt of row ncol
+        if (!F::SCALED) return 0u;
+        const unsigned s = (cok && kt < KT) ? ldg_u16(srow + (long long)((kt * GM_BK) >> p.gshift) * p.N) : 0u;
+        return s | (s << 16);
+    };
+
+    float acc[4][8][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+        if (s < KT) gm_load_stage<F, XV>(smem + s * STAGE, p, W, m0, n0, s, tid);
+        cp_async_commit();
+    }
+    unsigned s_cur = scale2(0), s_nxt = scale2(1);
+    cp_async_wait<S - 2>();                    // tile 0 has landed (this thread's copies)
+    __syncthreads();
+    gm_dequant<F>(smem, wdq, s_cur, tid);
+    s_cur = s_nxt;
+    s_nxt = scale2(2);
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<S - 3>();                // tile kt+1 has landed
+        __syncthreads();                       // for everyone; wdq[kt&1] complete; mma(kt-1) done
+        const int nk = kt + S - 1;
+        if (nk < KT) gm_load_stage<F, XV>(smem + (nk % S) * STAGE, p, W, m0, n0, nk, tid);
+        cp_async_commit();
+        if (kt + 1 < KT) {
+            gm_dequant<F>(smem + ((kt + 1) % S) * STAGE, wdq + ((kt + 1) & 1) * (GM_WDQ / 2), s_cur, tid);
+            s_cur = s_nxt;
+            s_nxt = scale2(kt + 3);
+        }
+        gm_mma(reinterpret_cast<const u16*>(smem + (kt % S) * STAGE), wdq + (kt & 1) * (GM_WDQ / 2),
+               acc, wm, wn, lane);
+    }
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, tq = lane & 3;
+    const float sc = pick3(p.sc, pr);
+    void* O = pick3(p.o, pr);
+    const bool pair_ok = ((p.ldo & 1) == 0) &&
+                         ((reinterpret_cast<unsigned long long>(O) & (F16OUT ? 3 : 7)) == 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = m0 + wm * 64 + i * 16 + g + 8 * h;
+            if (row >= p.M) continue;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int col = n0 + wn * 64 + j * 8 + 2 * tq;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (!F::SCALED) {
+                    v0 = __fmul_rn(v0, sc);
+                    v1 = __fmul_rn(v1, sc);
+                }
+                if (F16OUT) {
+                    u16* q = reinterpret_cast<u16*>(O) + (long long)row * p.ldo + col;
+                    const u16 h0 = f32_to_f16(v0), h1 = f32_to_f16(v1);
+                    if (pair_ok && col + 1 < p.N) {
+                        *reinterpret_cast<unsigned*>(q) = (unsigned)h0 | ((unsigned)h1 << 16);
+                    } else {
+                        if (col < p.N) q[0] = h0;
+                        if (col + 1 < p.N) q[1] = h1;
+                    }
+                } else {
+                    float* q = reinterpret_cast<float*>(O) + (long long)row * p.ldo + col;
+                    if (pair_ok && col + 1 < p.N) {
+                        *reinterpret_cast<float2*>(q) = make_float2(v0, v1);
+                    } else {
+                        if (col < p.N) q[0] = v0;
+                        if (col + 1 < p.N) q[1] = v1;
+                    }
+                }
+            }
+        }
+}
+
+
+// ============================================== GEMM on Hopper wgmma (prefill, sm_90a) ==
+// Block tile 128 (m) x 256 (n) x 64 (k); 2 warpgroups, each wgmma.m64n256k16.f32.f16.f16
+// (128 f32 accumulators per thread) from shared memory: A = the x tile, B = the weight tile
+// dequantised to f16 by the threads, both K-major in the 128-byte swizzle layout (a 128-byte
+// row = 64 k; 16-byte chunk c of row r at chunk c ^ (r % 8); 1024-byte aligned; descriptor
+// SBO = 1024 B, k16 steps advance the start address by 32 B). x and raw weight tiles come by
+// cp.async in WG_STAGES stages (3 tiles ahead); the dequantised tile is double-buffered.
+// Iteration kt: wait tile kt+1, fence.proxy.async, barrier; refill stage (kt-2); issue
+// wgmma(kt); wait_group 1 (wgmma(kt-1) done); barrier; dequantise tile kt+1 into the other
+// f16 buffer while wgmma(kt) runs. So the dequantisation overlaps the tensor cores.
+constexpr int WG_BM = 128, WG_BN = 256, WG_BK = 64, WG_NT = 256, WG_STAGES = 5, WG_GROUP = 8;
+constexpr int WG_XT = WG_BM * 128;                      // x tile bytes (16384)
+constexpr int WG_WDQ = WG_BN * 128;                     // one f16 weight tile (32768)
+template <class F> struct WgRaw {                       // raw weight tile: 256 rows
+    static constexpr int ROW = F::KCH == 32 ? 32 : 64;  // bytes per row (64 k)
+    static constexpr int CH = ROW / 16;                 // 16-byte chunks per row
+    static constexpr int BYTES = WG_BN * ROW;
+};
+template <class F> struct WgSmem {
+    static constexpr int STAGE = WG_XT + WgRaw<F>::BYTES;              // I4 24 KB, I8 32 KB
+    static constexpr int BYTES = WG_STAGES * STAGE + 2 * WG_WDQ + 1024; // I4 189440, I8 230400
+};
+// Raw rows are 2 or 4 chunks; chunk j of row r is stored at j ^ sw(r) so that the 8 rows a
+// quarter-warp reads (one per thread) fall in 8 different 16-byte bank groups.
+template <class F>
+__device__ __forceinline__ int wg_raw_sw(int r) {
+    return F::KCH == 32 ? ((r >> 2) & 1) : ((r >> 1) & 3);
+}
+
+static_assert(WG_BK == 64 && WG_GROUP == 8, "one 128-byte swizzle row of f16 per K tile");
+
+__device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+template <class F>
+__device__ __forceinline__ void wg_load_stage(unsigned st, const Args& p, const unsigned char* W,
+                                              int m0, int n0, int kt, int tid) {
+    const int k0 = kt * WG_BK;
+#pragma unroll
+    for (int i = 0; i < WG_BM * 8 / WG_NT; ++i) {        // x: 128 rows x 8 chunks
+        const int c = tid + i * WG_NT, r = c >> 3, ch = c & 7;
+        const int m = m0 + r, k = k0 + ch * 8;
+        const int n = m < p.M ? min(max(p.K - k, 0), 8) : 0;
+        const u16* src = n > 0 ? p.x + (long long)m * p.ldx + k : p.x;
+        cp_async16(st + r * 128 + ((ch ^ (r & 7)) << 4), src, n * 2);
+    }
+    constexpr int CH = WgRaw<F>::CH;
+    const unsigned raw = st + WG_XT;
+#pragma unroll
+    for (int i = 0; i < WG_BN * CH / WG_NT; ++i) {       // weights: 256 rows x CH chunks
+        const int c = tid + i * WG_NT, r = c / CH, ch = c % CH;
+        const int n = n0 + r;
+        int nb;
+        const unsigned char* src;
+        if (F::KCH == 32) {                              // I4: K % 32 == 0, whole chunks
+            const int k = k0 + ch * 32;
+            nb = (n < p.N && k < p.K) ? 16 : 0;
+            src = nb ? W + (long long)n * (p.K / 2) + k / 2 : W;
+        } else {
+            const int k = k0 + ch * 16;
+            nb = n < p.N ? min(max(p.K - k, 0), 16) : 0;
+            src = nb ? W + (long long)n * p.ldw + k : W;
+        }
+        cp_async16(raw + r * WgRaw<F>::ROW + ((ch ^ wg_raw_sw<F>(r)) << 4), src, nb);
+    }
+}
+
+// Thread t dequantises weight row t (64 k) of the raw tile at `raw` into the swizzled f16
+// tile at `wdq` (chunk c = 8 k of row t at t*128 + ((c ^ (t%8)) << 4)).
+template <class F>
+__device__ __forceinline__ void wg_dequant(const unsigned char* raw, unsigned char* wdq,
+                                           const unsigned (&s2)[2], int tid) {
+    const unsigned char* row = raw + tid * WgRaw<F>::ROW;
+    unsigned char* out = wdq + tid * 128;
+    const int sw = tid & 7;
+    if (F::KCH == 32) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {                    // 32 k each, one scale
+            const uint4 v = *reinterpret_cast<const uint4*>(row + ((h ^ wg_raw_sw<F>(tid)) << 4));
+            const unsigned wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                unsigned q[4];
+                i4_pairs(wv[i], q);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) q[e] = hmul2(q[e], s2[h]);
+                *reinterpret_cast<uint4*>(out + (((4 * h + i) ^ sw) << 4)) =
+                    make_uint4(prmt(q[0], q[1], 0x5410), prmt(q[2], q[3], 0x5410),
+                               prmt(q[0], q[1], 0x7632), prmt(q[2], q[3], 0x7632));
+            }
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {                    // 16 k each
+            const uint4 v = *reinterpret_cast<const uint4*>(row + ((h ^ wg_raw_sw<F>(tid)) << 4));
+            *reinterpret_cast<uint4*>(out + (((2 * h) ^ sw) << 4)) =
+                make_uint4(i8_pair<0x4140>(v.x), i8_pair<0x4342>(v.x), i8_pair<0x4140>(v.y),
+                           i8_pair<0x4342>(v.y));
+            *reinterpret_cast<uint4*>(out + (((2 * h + 1) ^ sw) << 4)) =
+                make_uint4(i8_pair<0x4140>(v.z), i8_pair<0x4342>(v.z), i8_pair<0x4140>(v.w),
+                           i8_pair<0x4342>(v.w));
+        }
+    }
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// d += A(64 x 16, desc a) . B(16 x 256, desc b), f16 inputs, f32 accumulate, both K-major.
+__device__ __forceinline__ void wgmma_m64n256k16_f16(float (&d)[128], unsigned long long a,
+                                                     unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}"
+        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
+          "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+          "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+          "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
+          "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]),
+          "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+          "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]),
+          "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
+          "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b), "r"(1));
+}
+
+template <class F, bool F16OUT>
+__device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
+    constexpr int S = WG_STAGES, STAGE = WgSmem<F>::STAGE;
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wg = tid >> 7, wl = (tid >> 5) & 3, pr = blockIdx.y;
+    const unsigned sbase = (smem_u32(dsmem) + 1023u) & ~1023u;
+    unsigned char* gbase = dsmem + (sbase - smem_u32(dsmem));     // generic view of sbase
+    const unsigned wdq_s = sbase + S * STAGE;                      // two f16 weight tiles
+    unsigned char* wdq_g = gbase + S * STAGE;
+    const unsigned char* W = pick3(p.w, pr);
+    int m0, n0;
+    {
+        const int tiles_m = (p.M + WG_BM - 1) / WG_BM, tiles_n = (p.N + WG_BN - 1) / WG_BN;
+        const int pid = blockIdx.x, width = WG_GROUP * tiles_n;
+        const int first_m = (pid / width) * WG_GROUP;
+        const int gsz = min(tiles_m - first_m, WG_GROUP);
+        m0 = (first_m + (pid % width) % gsz) * WG_BM;
+        n0 = ((pid % width) / gsz) * WG_BN;
+    }
+    const int KT = (p.K + WG_BK - 1) / WG_BK;
+    const int ncol = n0 + tid;                 // the weight row this thread dequantises
+    const bool cok = ncol < p.N;
+    const u16* srow = F::SCALED ? pick3(p.s, pr) + (cok ? ncol : 0) : nullptr;
+    auto scales = [&](int kt, unsigned (&s2)[2]) {   // (s, s) for the two 32-k halves
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int k = kt * WG_BK + 32 * h;
+            const unsigned s = (F::SCALED && cok && k < p.K)
+                                   ? ldg_u16(srow + (long long)(k >> p.gshift) * p.N) : 0u;
+            s2[h] = s | (s << 16);
+        }
+    };
+
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < S - 2; ++s) {
+        if (s < KT) wg_load_stage<F>(sbase + s * STAGE, p, W, m0, n0, s, tid);
+        cp_async_commit();
+    }
+    unsigned s_cur[2], s_nxt[2];
+    scales(0, s_cur);
+    scales(1, s_nxt);
+    cp_async_wait<S - 3>();                    // tile 0 (this thread's copies)
+    __syncthreads();
+    wg_dequant<F>(gbase + WG_XT, wdq_g, s_cur, tid);
+    s_cur[0] = s_nxt[0];
+    s_cur[1] = s_nxt[1];
+    scales(2, s_nxt);
+
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<S - 4>();                // tile kt+1 has landed (this thread's copies)
+        fence_proxy_async();                   // cp.async data and our f16 stores -> async proxy
+        __syncthreads();
+        const int nk = kt + S - 2;             // refill the stage wgmma(kt-2) read
+        if (nk < KT) wg_load_stage<F>(sbase + (nk % S) * STAGE, p, W, m0, n0, nk, tid);
+        cp_async_commit();
+        const unsigned xs = sbase + (kt % S) * STAGE;
+        const unsigned long long da = wg_desc(xs + wg * 64 * 128);
+        const unsigned long long db = wg_desc(wdq_s + (kt & 1) * WG_WDQ);
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < WG_BK / 16; ++s) wgmma_m64n256k16_f16(acc, da + 2 * s, db + 2 * s);
+        wg_commit();
+        wg_wait<1>();                          // wgmma(kt-1) is done (this warpgroup)
+        __syncthreads();                       // ... in both warpgroups: its f16 tile is free
+        if (kt + 1 < KT) {
+            wg_dequant<F>(gbase + ((kt + 1) % S) * STAGE + WG_XT, wdq_g + ((kt + 1) & 1) * WG_WDQ,
+                          s_cur, tid);
+            s_cur[0] = s_nxt[0];
+            s_cur[1] = s_nxt[1];
+            scales(kt + 3, s_nxt);
+        }
+    }
+    wg_wait<0>();
+    cp_async_wait<0>();
+
+    const int g = lane >> 2, tq = lane & 3;
+    const float sc = pick3(p.sc, pr);
+    void* O = pick3(p.o, pr);
+    const bool pair_ok = ((p.ldo & 1) == 0) &&
+                         ((reinterpret_cast<unsigned long long>(O) & (F16OUT ? 3 : 7)) == 0);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = m0 + wg * 64 + wl * 16 + g + 8 * h;
+        if (row >= p.M) continue;
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            const int col = n0 + i * 8 + 2 * tq;
+            float v0 = acc[4 * i + 2 * h], v1 = acc[4 * i + 2 * h + 1];
+            if (!F::SCALED) {
+                v0 = __fmul_rn(v0, sc);
+                v1 = __fmul_rn(v1, sc);
+            }
+            if (F16OUT) {
+                u16* q = reinterpret_cast<u16*>(O) + (long long)row * p.ldo + col;
+                const u16 h0 = f32_to_f16(v0), h1 = f32_to_f16(v1);
+                if (pair_ok && col + 1 < p.N) {
+                    *reinterpret_cast<unsigned*>(q) = (unsigned)h0 | ((unsigned)h1 << 16);
+                } else {
+                    if (col < p.N) q[0] = h0;
+                    if (col + 1 < p.N) q[1] = h1;
+                }
+            } else {
+                float* q = reinterpret_cast<float*>(O) + (long long)row * p.ldo + col;
+                if (pair_ok && col + 1 < p.N) {
+                    *reinterpret_cast<float2*>(q) = make_float2(v0, v1);
+                } else {
+                    if (col < p.N) q[0] = v0;
+                    if (col + 1 < p.N) q[1] = v1;
+                }
+            }
+        }
+    }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace mwq
+
+extern __shared__ __align__(16) unsigned char mwq_dyn_smem[];
+static_assert(mwq::GmSmem<mwq::I4>::BYTES == 69632, "MWQ_SMEM_I4 in the header");
+static_assert(mwq::GmSmem<mwq::I8>::BYTES == 86016, "qkv_project.cu's int8 gemm smem");
+static_assert(mwq::WgSmem<mwq::I4>::BYTES == 189440, "MWQ_WG_SMEM_I4 in the header");
+static_assert(mwq::WgSmem<mwq::I8>::BYTES == 230400, "qkv_project.cu's int8 gemm_wgmma smem");
+
