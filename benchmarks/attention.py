@@ -41,7 +41,9 @@ def main():
             tf = tb = None
             if HAVE_TORCH:
                 sdpa = torch.nn.functional.scaled_dot_product_attention
-                tq, tk, tv, tdo = (torch.from_numpy(x).cuda() for x in (q32, k32, v32, do32))
+                # 4-D [1, bh, S, D]: with 3-D inputs SDPA skips its fused f32 kernels
+                tq, tk, tv, tdo = (torch.from_numpy(x).cuda().view(1, bh, s, d)
+                                   for x in (q32, k32, v32, do32))
                 tf = torch_ms(lambda: sdpa(tq, tk, tv, is_causal=causal))
                 lq, lk, lv = (t.clone().requires_grad_(True) for t in (tq, tk, tv))
 
