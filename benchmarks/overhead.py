@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,11 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minigrad as mg  # noqa: E402
 
-try:
-    import torch
-    HAVE_TORCH = torch.cuda.is_available()
-except ImportError:
-    HAVE_TORCH = False
+from common import HAVE_TORCH, commit, gpu_ms, torch, torch_ms  # noqa: E402
 
 
 def _median_us(fn, n, reps=7):
@@ -108,37 +103,6 @@ def torch_tiny(n=2000, add=False):
     return _median_us(run, n)
 
 
-def _gpu_ms(fn, reps=20):
-    """Median ms of fn() timed with CUDA events on minigrad's stream."""
-    import pycuda.driver as drv
-    from minigrad.backend.cuda import runtime
-    fn()
-    runtime.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = drv.Event(), drv.Event()
-        a.record(runtime.stream)
-        fn()
-        b.record(runtime.stream)
-        b.synchronize()
-        out.append(b.time_since(a))
-    return statistics.median(out)
-
-
-def _torch_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
-
-
 def main():
     n_big = 1 << 28
     rows = []
@@ -156,21 +120,16 @@ def main():
     yh = rng.standard_normal(n_big, dtype=np.float32)
     x, y = mg.Tensor(xh, device="cuda"), mg.Tensor(yh, device="cuda")
     mg.realize(x, y)
-    add_ms = _gpu_ms(lambda: (x + y).realize())
-    sum_ms = _gpu_ms(lambda: x.sum().realize())
+    add_ms = gpu_ms(lambda: (x + y).realize())
+    sum_ms = gpu_ms(lambda: x.sum().realize())
     tadd = tsum = None
     if HAVE_TORCH:
         tx, ty = torch.from_numpy(xh).cuda(), torch.from_numpy(yh).cuda()
-        tadd, tsum = _torch_ms(lambda: tx + ty), _torch_ms(lambda: tx.sum())
+        tadd, tsum = torch_ms(lambda: tx + ty), torch_ms(lambda: tx.sum())
     rows.append(("add 2^28 f32", "268435456", add_ms, tadd, "ms"))
     rows.append(("sum 2^28 f32", "268435456", sum_ms, tsum, "ms"))
     gbs = {"add 2^28 f32": 12 * n_big, "sum 2^28 f32": 4 * n_big}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        commit = None
-    result = {"card": card, "date": datetime.date.today().isoformat(), "commit": commit,
+    result = {"card": card, "date": datetime.date.today().isoformat(), "commit": commit(),
               "rows": []}
     print(f"card: {card}  date: {result['date']}  torch: "
           f"{torch.__version__ if HAVE_TORCH else 'absent'}\n")
