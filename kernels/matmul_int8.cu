@@ -72,29 +72,13 @@
 //     issue bound; 64x64 warp tiles (mma.sync) or m64n256 warpgroup tiles (wgmma) keep
 //     operand traffic per multiply-add low.
 
+#include "common.cuh"   // cp.async, ldmatrix, shared addresses
+
 namespace mi8 {
 
 typedef signed char i8;
 typedef unsigned char u8;
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-// 16-byte global->shared copy reading `bytes` (0..16) bytes and zero-filling the rest.
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
 __device__ __forceinline__ void mma_s8(int (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
@@ -138,7 +122,7 @@ __device__ __forceinline__ void load_tile(u8* sm, const i8* g, long long ld, int
         u8* dst = sm + r * LDS + cc;
         if (VEC) {
             const i8* src = n > 0 ? g + (long long)gr * ld + gk : g;
-            cp_async16(smem_u32(dst), src, n);
+            mg_cp_async16(mg_smem_addr(dst), src, n);
         } else {
             *reinterpret_cast<uint4*>(dst) = load_chunk_bytes(g, ld, gr, gk, n);
         }
@@ -154,12 +138,12 @@ __device__ __forceinline__ void mma_tile(const u8* sA, const u8* sB, int (&acc)[
         unsigned a[4][4], b[8][2];
 #pragma unroll
         for (int i = 0; i < 4; ++i)   // matrices: rows 0-7|8-15 x bytes 0-15|16-31 = a0..a3
-            ldmatrix_x4(a[i], smem_u32(sA + (wm * 64 + i * 16 + (lane & 15)) * LDS + ks +
+            mg_ldmatrix_x4(a[i], mg_smem_addr(sA + (wm * 64 + i * 16 + (lane & 15)) * LDS + ks +
                                        (lane >> 4) * 16));
 #pragma unroll
         for (int j = 0; j < 4; ++j) { // matrices: (n 0-7, k 0-15), (n 0-7, k 16-31), (n 8-15, ..)
             unsigned t[4];
-            ldmatrix_x4(t, smem_u32(sB + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * LDS + ks +
+            mg_ldmatrix_x4(t, mg_smem_addr(sB + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * LDS + ks +
                                     (mi & 1) * 16));
             b[2 * j][0] = t[0];
             b[2 * j][1] = t[1];
@@ -225,10 +209,10 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
             load_tile<VEC>(st, A, lda, m0, M, s * BK, K, tid);
             load_tile<VEC>(st + TILE, Bt, ldb, n0, N, s * BK, K, tid);
         }
-        cp_async_commit();
+        mg_cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 2>();   // this thread's copies of tile kt have landed
+        mg_cp_async_wait<STAGES - 2>();   // this thread's copies of tile kt have landed
         __syncthreads();               // everyone's have; everyone is done with tile kt-1
         const int nk = kt + STAGES - 1;
         if (nk < KT) {                 // refill the stage tile kt-1 used
@@ -236,11 +220,11 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
             load_tile<VEC>(st, A, lda, m0, M, nk * BK, K, tid);
             load_tile<VEC>(st + TILE, Bt, ldb, n0, N, nk * BK, K, tid);
         }
-        cp_async_commit();
+        mg_cp_async_commit();
         const u8* st = smem + (kt % STAGES) * STAGE;
         mma_tile(st, st + TILE, acc, wm, wn, lane);
     }
-    cp_async_wait<0>();
+    mg_cp_async_wait<0>();
 
     const bool pair_ok = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);
     const int g = lane >> 2, tq = lane & 3;
@@ -280,7 +264,7 @@ __device__ __forceinline__ void load_tile_sw128(unsigned base, const i8* g, long
         const int gr = row0 + r, gk = k0 + ch * 16;
         const int n = chunk_bytes(gr, rows, gk, K);
         const i8* src = n > 0 ? g + (long long)gr * ld + gk : g;
-        cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), src, n);
+        mg_cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), src, n);
     }
 }
 
@@ -347,7 +331,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
                                      unsigned char* dsmem) {
     const int tid = threadIdx.x, lane = tid & 31;
     const int wg = tid >> 7, wl = (tid >> 5) & 3;   // warpgroup, warp within it
-    const unsigned base = (smem_u32(dsmem) + 1023u) & ~1023u;
+    const unsigned base = (mg_smem_addr(dsmem) + 1023u) & ~1023u;
     int m0, n0;
     tile_coords(M, N, BM, BN, m0, n0);
     const int KT = (K + BK - 1) / BK;
@@ -366,10 +350,10 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
             load_tile_sw128<BM>(st, A, lda, m0, M, s * BK, K, tid);
             load_tile_sw128<BN>(st + A_BYTES, Bt, ldb, n0, N, s * BK, K, tid);
         }
-        cp_async_commit();
+        mg_cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<STAGES - 3>();   // this thread's copies of tile kt have landed
+        mg_cp_async_wait<STAGES - 3>();   // this thread's copies of tile kt have landed
         fence_proxy_async();           // ... and are visible to the async proxy (wgmma)
         __syncthreads();
         const int nk = kt + STAGES - 2;
@@ -378,7 +362,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
             load_tile_sw128<BM>(st, A, lda, m0, M, nk * BK, K, tid);
             load_tile_sw128<BN>(st + A_BYTES, Bt, ldb, n0, N, nk * BK, K, tid);
         }
-        cp_async_commit();
+        mg_cp_async_commit();
         const unsigned st = base + (kt % STAGES) * STAGE;
         const unsigned long long da = make_desc(st + wg * 64 * BK);
         const unsigned long long db = make_desc(st + A_BYTES);
@@ -390,7 +374,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
         wg_wait<1>();
     }
     wg_wait<0>();
-    cp_async_wait<0>();
+    mg_cp_async_wait<0>();
 
     const bool pair_ok = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);
     const int g = lane >> 2, tq = lane & 3;

@@ -3,29 +3,13 @@
 // mma.sync gemm and wgmma gemm kernels those files instantiate. Each including file
 // states the contracts and host launch rules of its own entry points.
 #pragma once
+#include "common.cuh"   // cp.async, ldmatrix, shared addresses
 
 namespace mwq {
 
 typedef unsigned short u16;
 
 // ------------------------------------------------------------------ helpers --
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
 __device__ __forceinline__ void mma_f16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
                                         unsigned a3, unsigned b0, unsigned b1) {
     asm volatile(
@@ -372,7 +356,7 @@ __device__ __forceinline__ void gm_load_stage(unsigned char* st, const Args& p, 
         if (XV) {
             const int n = ok ? min(max(p.K - k, 0), 8) : 0;
             const u16* src = n > 0 ? p.x + (long long)m * p.ldx + k : p.x;
-            cp_async16(smem_u32(xs + r * GM_LD + cc), src, n * 2);
+            mg_cp_async16(mg_smem_addr(xs + r * GM_LD + cc), src, n * 2);
         } else {
             *reinterpret_cast<uint4*>(xs + r * GM_LD + cc) =
                 load_x8<false>(p.x + (long long)(ok ? m : 0) * p.ldx, k, p.K, ok);
@@ -383,7 +367,7 @@ __device__ __forceinline__ void gm_load_stage(unsigned char* st, const Args& p, 
         const int n = n0 + tid;
         const bool ok = n < p.N && k0 < p.K;
         const unsigned char* src = ok ? W + (long long)n * (p.K / 2) + k0 / 2 : W;
-        cp_async16(smem_u32(raw + tid * GmRaw<F>::LD), src, ok ? 16 : 0);
+        mg_cp_async16(mg_smem_addr(raw + tid * GmRaw<F>::LD), src, ok ? 16 : 0);
     } else {                                           // I8: 2 chunks of 16 B per row
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -391,7 +375,7 @@ __device__ __forceinline__ void gm_load_stage(unsigned char* st, const Args& p, 
             const int n = n0 + r, k = k0 + cc;
             const int nb = n < p.N ? min(max(p.K - k, 0), 16) : 0;
             const unsigned char* src = nb > 0 ? W + (long long)n * p.ldw + k : W;
-            cp_async16(smem_u32(raw + r * GmRaw<F>::LD + cc), src, nb);
+            mg_cp_async16(mg_smem_addr(raw + r * GmRaw<F>::LD + cc), src, nb);
         }
     }
 }
@@ -434,12 +418,12 @@ __device__ __forceinline__ void gm_mma(const u16* xs, const u16* ws, float (&acc
         unsigned a[4][4], b[8][2];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-            ldmatrix_x4(a[i], smem_u32(xs + (wm * 64 + i * 16 + (lane & 15)) * GM_LD + ks +
+            mg_ldmatrix_x4(a[i], mg_smem_addr(xs + (wm * 64 + i * 16 + (lane & 15)) * GM_LD + ks +
                                        (lane >> 4) * 8));
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             unsigned t[4];
-            ldmatrix_x4(t, smem_u32(ws + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * GM_LD + ks +
+            mg_ldmatrix_x4(t, mg_smem_addr(ws + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * GM_LD + ks +
                                     (mi & 1) * 8));
             b[2 * j][0] = t[0];
             b[2 * j][1] = t[1];
@@ -485,21 +469,21 @@ __device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
         if (s < KT) gm_load_stage<F, XV>(smem + s * STAGE, p, W, m0, n0, s, tid);
-        cp_async_commit();
+        mg_cp_async_commit();
     }
     unsigned s_cur = scale2(0), s_nxt = scale2(1);
-    cp_async_wait<S - 2>();                    // tile 0 has landed (this thread's copies)
+    mg_cp_async_wait<S - 2>();                    // tile 0 has landed (this thread's copies)
     __syncthreads();
     gm_dequant<F>(smem, wdq, s_cur, tid);
     s_cur = s_nxt;
     s_nxt = scale2(2);
 
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<S - 3>();                // tile kt+1 has landed
+        mg_cp_async_wait<S - 3>();                // tile kt+1 has landed
         __syncthreads();                       // for everyone; wdq[kt&1] complete; mma(kt-1) done
         const int nk = kt + S - 1;
         if (nk < KT) gm_load_stage<F, XV>(smem + (nk % S) * STAGE, p, W, m0, n0, nk, tid);
-        cp_async_commit();
+        mg_cp_async_commit();
         if (kt + 1 < KT) {
             gm_dequant<F>(smem + ((kt + 1) % S) * STAGE, wdq + ((kt + 1) & 1) * (GM_WDQ / 2), s_cur, tid);
             s_cur = s_nxt;
@@ -508,7 +492,7 @@ __device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
         gm_mma(reinterpret_cast<const u16*>(smem + (kt % S) * STAGE), wdq + (kt & 1) * (GM_WDQ / 2),
                acc, wm, wn, lane);
     }
-    cp_async_wait<0>();
+    mg_cp_async_wait<0>();
 
     const int g = lane >> 2, tq = lane & 3;
     const float sc = pick3(p.sc, pr);
@@ -598,7 +582,7 @@ __device__ __forceinline__ void wg_load_stage(unsigned st, const Args& p, const 
         const int m = m0 + r, k = k0 + ch * 8;
         const int n = m < p.M ? min(max(p.K - k, 0), 8) : 0;
         const u16* src = n > 0 ? p.x + (long long)m * p.ldx + k : p.x;
-        cp_async16(st + r * 128 + ((ch ^ (r & 7)) << 4), src, n * 2);
+        mg_cp_async16(st + r * 128 + ((ch ^ (r & 7)) << 4), src, n * 2);
     }
     constexpr int CH = WgRaw<F>::CH;
     const unsigned raw = st + WG_XT;
@@ -617,7 +601,7 @@ __device__ __forceinline__ void wg_load_stage(unsigned st, const Args& p, const 
             nb = n < p.N ? min(max(p.K - k, 0), 16) : 0;
             src = nb ? W + (long long)n * p.ldw + k : W;
         }
-        cp_async16(raw + r * WgRaw<F>::ROW + ((ch ^ wg_raw_sw<F>(r)) << 4), src, nb);
+        mg_cp_async16(raw + r * WgRaw<F>::ROW + ((ch ^ wg_raw_sw<F>(r)) << 4), src, nb);
     }
 }
 
@@ -717,8 +701,8 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
     constexpr int S = WG_STAGES, STAGE = WgSmem<F>::STAGE;
     const int tid = threadIdx.x, lane = tid & 31;
     const int wg = tid >> 7, wl = (tid >> 5) & 3, pr = blockIdx.y;
-    const unsigned sbase = (smem_u32(dsmem) + 1023u) & ~1023u;
-    unsigned char* gbase = dsmem + (sbase - smem_u32(dsmem));     // generic view of sbase
+    const unsigned sbase = (mg_smem_addr(dsmem) + 1023u) & ~1023u;
+    unsigned char* gbase = dsmem + (sbase - mg_smem_addr(dsmem));     // generic view of sbase
     const unsigned wdq_s = sbase + S * STAGE;                      // two f16 weight tiles
     unsigned char* wdq_g = gbase + S * STAGE;
     const unsigned char* W = pick3(p.w, pr);
@@ -752,12 +736,12 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
 #pragma unroll
     for (int s = 0; s < S - 2; ++s) {
         if (s < KT) wg_load_stage<F>(sbase + s * STAGE, p, W, m0, n0, s, tid);
-        cp_async_commit();
+        mg_cp_async_commit();
     }
     unsigned s_cur[2], s_nxt[2];
     scales(0, s_cur);
     scales(1, s_nxt);
-    cp_async_wait<S - 3>();                    // tile 0 (this thread's copies)
+    mg_cp_async_wait<S - 3>();                    // tile 0 (this thread's copies)
     __syncthreads();
     wg_dequant<F>(gbase + WG_XT, wdq_g, s_cur, tid);
     s_cur[0] = s_nxt[0];
@@ -765,12 +749,12 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
     scales(2, s_nxt);
 
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait<S - 4>();                // tile kt+1 has landed (this thread's copies)
+        mg_cp_async_wait<S - 4>();                // tile kt+1 has landed (this thread's copies)
         fence_proxy_async();                   // cp.async data and our f16 stores -> async proxy
         __syncthreads();
         const int nk = kt + S - 2;             // refill the stage wgmma(kt-2) read
         if (nk < KT) wg_load_stage<F>(sbase + (nk % S) * STAGE, p, W, m0, n0, nk, tid);
-        cp_async_commit();
+        mg_cp_async_commit();
         const unsigned xs = sbase + (kt % S) * STAGE;
         const unsigned long long da = wg_desc(xs + wg * 64 * 128);
         const unsigned long long db = wg_desc(wdq_s + (kt & 1) * WG_WDQ);
@@ -789,7 +773,7 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
         }
     }
     wg_wait<0>();
-    cp_async_wait<0>();
+    mg_cp_async_wait<0>();
 
     const int g = lane >> 2, tq = lane & 3;
     const float sc = pick3(p.sc, pr);

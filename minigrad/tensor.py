@@ -803,6 +803,3 @@ class _Transfer(autograd.Function):
 def realize(*tensors: Tensor) -> None:
     """Run the graphs of several tensors in one schedule."""
     lazy.realize(*(t.lazydata for t in tensors))
-
-
-DType = DType  # re-exported for type hints
