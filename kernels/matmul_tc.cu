@@ -14,6 +14,7 @@
 //   matmul_tc_{f16,bf16}_{LAYOUT}_v_w8    sync, 128x256 block (8 warps), 16-byte loads
 //   matmul_tc_{f16,bf16}_{LAYOUT}_s       sync, 128x128 block, element loads
 //   matmul_tc_async_{f16,bf16}_{LAYOUT}_{v,s}   4-stage cp.async pipeline, 128x128
+//   matmul_tc_splitk_sum{,4}              the split-K reduction (end of this file)
 //   LAYOUT = <A><B>, each letter n or t:
 //     A 'n': A[m,k] at A[m*lda + k]    (row-major [M,K], K contiguous)
 //     A 't': A[m,k] at A[k*lda + m]    (stored [K,M], M contiguous; e.g. Aᵀ of dB = Aᵀ·dC)
@@ -47,6 +48,9 @@
 //   Sync ops, _v vs _v_w8 (measured, H200): _v_w8 when ceil(N/256)*2 == ceil(N/128) (no
 //     extra N padding) and ceil(M/128)*ceil(N/256)*batch >= SMs/2; else _v.
 //   C: any ldc >= N; float2 stores when ldc is even and C is 8-byte aligned.
+//   Split-K (host only, both files): the batch strides express K chunks - entry s reads
+//     A and B advanced by s*Kc along K and writes slab s of an f32 workspace, with
+//     K = Kc; see minigrad/backend/cuda/ops_matmul.py and matmul_tc_splitk_sum below.
 //
 // ALGORITHM AND TILES
 //   Block tile 128(M) x BN(N) x 32(K), warps 2 x BN/64, each warp a 64 x 64 tile
@@ -441,3 +445,43 @@ MTC_SYNC_W8(matmul_tc_bf16_nn_v_w8, BF16, false, false)
 MTC_SYNC_W8(matmul_tc_bf16_nt_v_w8, BF16, false, true)
 MTC_SYNC_W8(matmul_tc_bf16_tn_v_w8, BF16, true, false)
 MTC_SYNC_W8(matmul_tc_bf16_tt_v_w8, BF16, true, true)
+
+// ---- split-K reduction ------------------------------------------------------
+// matmul_tc_splitk_sum(const float* W, float* C, int64 n, int S, int batch)
+// matmul_tc_splitk_sum4(same)   (PyCUDA format "PPqii")
+//   C[b*n + i] = (...((W[b,0,i] + W[b,1,i]) + W[b,2,i]) + ...) + W[b,S-1,i]
+//   with W[b,s,i] at W[(b*S + s)*n + i]: the S partial products of a split-K matmul
+//   (see minigrad/backend/cuda/ops_matmul.py), added in the fixed order s = 0..S-1, so
+//   the result is the same bits every run (no atomics). S >= 1, n >= 1.
+//   _sum4: float4 loads/stores; needs n % 4 == 0 and W, C 16-byte aligned.
+//   Launch: block (256,1,1); grid (any x, any y <= 65535, 1): threads stride over the
+//   n (or n/4) items of an entry along x and over the entries along y.
+__device__ __forceinline__ void mtc_add(float& a, float b) { a += b; }
+__device__ __forceinline__ void mtc_add(float4& a, const float4& b) {
+    a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+}
+template <class T>
+__device__ __forceinline__ void mtc_splitk_sum(const T* __restrict__ W, T* __restrict__ C,
+                                               long long n, int S, int batch) {
+    for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+        const T* w = W + (long long)b * S * n;
+        T* c = C + (long long)b * n;
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+             i += (long long)gridDim.x * blockDim.x) {
+            T acc = w[i];
+#pragma unroll 4
+            for (int s = 1; s < S; ++s) mtc_add(acc, w[s * n + i]);
+            c[i] = acc;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) matmul_tc_splitk_sum(
+    const float* __restrict__ W, float* __restrict__ C, long long n, int S, int batch) {
+    mtc_splitk_sum<float>(W, C, n, S, batch);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_tc_splitk_sum4(
+    const float* __restrict__ W, float* __restrict__ C, long long n, int S, int batch) {
+    mtc_splitk_sum<float4>(reinterpret_cast<const float4*>(W), reinterpret_cast<float4*>(C),
+                           n / 4, S, batch);
+}

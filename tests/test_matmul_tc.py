@@ -125,3 +125,326 @@ def test_bad_input(device):
     if other:
         with pytest.raises(ValueError, match="different devices"):
             mg.ops.matmul_tc(f16, Tensor.randn(8, 3, device=other).half())
+
+
+# ============================================================== split-K ==
+# ops_matmul.py cuts a long K into chunks when the output has too few tiles to fill the
+# SMs (dB = Aᵀ·dC of nn.Linear). The heuristic and the chunk arithmetic are pure
+# functions; the launcher itself runs below against a stand-in GPU whose memory is a
+# NumPy byte arena (poisoned on allocation) and whose launches check each call against
+# the kernel headers' contracts (argument format, grid, block, shared memory, 16-byte
+# rule, every element read or written inside an allocation) and then compute the
+# kernel's result from the pointers, strides and leading dims they were given.
+
+def _om():
+    from minigrad.backend.cuda import ops_matmul
+    return ops_matmul
+
+
+# (m, n, k) of the products of one nn.Linear layer at 16384 tokens: forward,
+# dA = dC·Bᵀ and dB = Aᵀ·dC for the transformer shapes of issue 4.
+TRANSFORMER = [(16384, 1152, 384), (16384, 384, 384), (16384, 1536, 384), (16384, 384, 1536)]
+
+
+def test_split_chunk_arithmetic():
+    om = _om()
+    for kt in (32, 64):
+        for k in list(range(1, 300)) + [1023, 1024, 1025, 4099, 16384, 20000]:
+            for s in range(1, 20):
+                kc, full, rem = om.chunks(k, s, kt)
+                n = full + (rem > 0)
+                assert kc % kt == 0 and kc >= kt
+                assert full * kc + rem == k and 0 <= rem < kc
+                assert 1 <= n <= s and (n - 1) * kc < k     # no empty chunk
+                assert kc - kt < -(-k // s)                 # kc is ceil(k/s) rounded up
+
+
+@pytest.mark.parametrize("kernel,kt,slots", [("wgmma", 64, 132), ("mma", 32, 264)])
+def test_split_plan_transformer_shapes(kernel, kt, slots):
+    """At the transformer shapes (132 SMs: H100 SXM and H200) dB splits and fills the
+    card better; the forward and dA (M = 16384 rows of tiles) never split."""
+    om = _om()
+    for m, n, k in TRANSFORMER:
+        for mm, nn_, kk, splits in ((m, n, k, False), (m, k, n, False), (k, n, m, True)):
+            bn, s, kc = om.plan(mm, nn_, kk, 1, 132, kernel)
+            assert bn in ((128, 256) if kernel == "wgmma" else (128,))
+            if not splits:
+                assert s == 1 and kc == kk
+                continue
+            full, rem = divmod(kk, kc)
+            tiles = -(-mm // 128) * -(-nn_ // bn)
+            assert s >= 2 and s == full + (rem > 0) and s <= om.SPLIT_MAX and bn == 128
+            assert rem == 0          # K = 16384: a chunk count that divides it wins
+            assert kc % kt == 0 and kc >= om.SPLIT_KMIN
+            assert tiles * s > 2 * tiles and tiles < slots / 2   # was < half full, now 2x+
+
+
+def test_split_plan_leaves_full_outputs_alone():
+    om = _om()
+    assert om.plan(4096, 4096, 4096, 1, 132, "wgmma")[1] == 1
+    assert om.plan(2048, 2048, 8192, 1, 132, "wgmma")[1] == 1        # 128 of 132 SMs busy
+    assert om.plan(1024, 1024, 65536, 1, 132, "wgmma")[1] > 1        # 32 (n256) or 64 tiles
+    assert om.plan(128, 128, 1023, 1, 132, "wgmma")[1] == 1          # too short for 2 x 512
+    assert om.plan(128, 128, 1024, 1, 132, "wgmma")[1:] == (2, 512)
+    assert om.plan(2048, 2048, 65536, 1, 132, "mma_w8")[1] == 1
+    assert om.plan(64, 64, 65536, 9, 132, "wgmma")[1] == 1           # batch > SPLIT_BATCH_MAX
+    assert om.plan(64, 64, 65536, 8, 132, "wgmma")[1] == 16
+    assert om.plan(50, 40, 2000, 3, 132, "wgmma")[1] == 1            # 3 serial launches lose
+
+
+def test_split_plan_force(monkeypatch):
+    om = _om()
+    monkeypatch.setattr(om, "FORCE_SPLIT", 2)
+    assert om.plan(130, 70, 65, 1, 132, "wgmma") == (128, 2, 64)      # K = Kc + 1
+    assert om.plan(33, 20, 40, 1, 132, "wgmma") == (128, 1, 40)       # K < one K tile x 2
+    assert om.plan(33, 20, 40, 1, 132, "mma") == (128, 2, 32)
+    monkeypatch.setattr(om, "FORCE_SPLIT", 1)
+    assert om.plan(384, 384, 16384, 1, 132, "wgmma")[1] == 1
+
+
+class _Buf:
+    def __init__(self, base, shape, dtype, strides=None, offset=0):
+        from minigrad.backend.cuda.views import contig_strides, is_contig
+        self.base, self.shape, self.dtype, self.offset = base, tuple(shape), dtype, offset
+        self.strides = contig_strides(self.shape) if strides is None else tuple(strides)
+        self.contig = is_contig(self.shape, self.strides)
+        self.size = int(np.prod(self.shape))
+
+    ptr = property(lambda self: self.base + self.offset * self.dtype.itemsize)
+    ndim = property(lambda self: len(self.shape))
+
+    def view(self, shape, strides, offset=None):
+        return _Buf(self.base, shape, self.dtype, strides,
+                    self.offset if offset is None else offset)
+
+
+class _FakeFn:
+    def __init__(self, file, entry, fmt):
+        self.file, self.entry, self.fmt, self.max_smem = file, entry, fmt, 48 * 1024
+
+
+class _FakeGPU:
+    """Backend (the methods ops_matmul uses) and runtime stand-in."""
+    BASE = 1 << 20
+
+    def __init__(self, arch, sms=132, arena=96 << 20):
+        self.arch, self.multiprocessors, self.kernels, self.launches = arch, sms, {}, []
+        self.mem = np.zeros(arena, np.uint8)
+        self.allocs, self.top = [], 0
+
+    def empty(self, shape, dtype):
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        start = self.top
+        self.top = -(-(start + max(nbytes, 1)) // 256) * 256
+        assert self.top <= self.mem.size, "arena full"
+        self.mem[start:start + nbytes] = 0xFF                 # poison: f32 NaN
+        self.allocs.append((self.BASE + start, self.BASE + start + nbytes))
+        return _Buf(self.BASE + start, shape, dtype)
+
+    def arr(self, ptr, np_dtype, shape, strides):
+        it = np.dtype(np_dtype).itemsize
+        hi = ptr + sum((d - 1) * s for d, s in zip(shape, strides)) * it + it
+        assert all(s >= 0 for s in strides)
+        assert any(a <= ptr and hi <= b for a, b in self.allocs), \
+            f"[{ptr:#x}, {hi:#x}) is outside every allocation"
+        return np.ndarray(shape, np_dtype, buffer=self.mem.data, offset=ptr - self.BASE,
+                          strides=tuple(s * it for s in strides))
+
+    def buf_arr(self, b):
+        return self.arr(b.ptr, b.dtype.np, b.shape, b.strides)
+
+    def upload(self, a, dtype):
+        b = self.empty(a.shape, dtype)
+        self.buf_arr(b)[...] = a
+        return b
+
+    def _dense(self, x):
+        if x.contig:
+            return x
+        out = self.empty(x.shape, x.dtype)
+        self.buf_arr(out)[...] = self.buf_arr(x)
+        return out
+
+    def _fill(self, out, value):
+        self.buf_arr(out)[...] = value
+        return out
+
+    def function(self, file, entry, fmt):
+        return _FakeFn(file, entry, fmt)
+
+    def set_max_dynamic_shared(self, fn, nbytes):
+        fn.max_smem = nbytes
+
+    def launch(self, fn, grid, block, args, smem=0):
+        import re
+        om = _om()
+        e = fn.entry
+        assert len(args) == len(fn.fmt) and smem <= fn.max_smem
+        assert all(isinstance(a, int) for a in args)
+        assert grid[1] <= 65535 and grid[2] <= 65535
+        self.launches.append((e, grid, tuple(args)))
+        cd = lambda a, b: -(-a // b)        # noqa: E731
+        if "splitk_sum" in e:
+            assert fn.file == "matmul_tc.cu" and fn.fmt == om.SUM_ARGS and block == 256
+            W, C, n, S, batch = args
+            if e.endswith("4"):
+                assert n % 4 == 0 and W % 16 == 0 and C % 16 == 0
+            w = self.arr(W, np.float32, (batch, S, n), (S * n, n, 1))
+            acc = w[:, 0].copy()
+            for s in range(1, S):           # the kernel's order, f32 adds
+                acc += w[:, s]
+            self.arr(C, np.float32, (batch, n), (n, 1))[...] = acc
+            return
+        mt = re.fullmatch(r"matmul_tc_(?:(wgmma|async)_)?(f16|bf16)_([nt])([nt])_"
+                          r"(v_w8|v|s|n128|n256)", e)
+        assert mt, e
+        kind, dt, la, lb, var = mt.groups()
+        A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch = args
+        assert fn.fmt == om.ARGS and fn.file == ("matmul_tc_wgmma.cu" if kind == "wgmma"
+                                                 else "matmul_tc.cu")
+        bn = 256 if var in ("v_w8", "n256") else 128
+        threads = 256 if var in ("v_w8", "n128", "n256") else 128
+        want_smem = {"wgmma": 197632, "async": 81920}.get(kind, 61440 if var == "v_w8" else 0)
+        assert grid == (cd(M, 128) * cd(N, bn), 1, min(batch, 65535)) and block == threads
+        assert smem == want_smem and K >= 1 and batch >= 1 and ldc >= N
+        if kind == "wgmma":
+            assert self.arch.startswith("sm_90")
+        if var != "s":                      # the 16-byte rule
+            assert lda % 8 == 0 and ldb % 8 == 0 and sA % 8 == 0 and sB % 8 == 0
+            assert A % 16 == 0 and B % 16 == 0
+        npdt = np.float16 if dt == "f16" else ml_dtypes.bfloat16
+        for bat in range(batch):
+            a = self.arr(A + 2 * bat * sA, npdt, (M, K), (lda, 1) if la == "n" else (1, lda))
+            b = self.arr(B + 2 * bat * sB, npdt, (K, N), (ldb, 1) if lb == "n" else (1, ldb))
+            c = self.arr(C + 4 * bat * sC, np.float32, (M, N), (ldc, 1))
+            c[...] = a.astype(np.float64) @ b.astype(np.float64)
+
+
+def _stored(gpu, x, dtype, how):
+    """Upload x [..., R, C] as a row-major buffer ('n'), as the transpose of a row-major
+    [C, R] buffer ('t', a transposed view), or with an odd leading dim ('odd', _s path)."""
+    if how == "n":
+        return gpu.upload(x, dtype)
+    if how == "t":
+        buf = gpu.upload(np.ascontiguousarray(np.swapaxes(x, -1, -2)), dtype)
+        st = list(buf.strides)
+        st[-1], st[-2] = st[-2], st[-1]
+        return buf.view(x.shape, tuple(st))
+    r, c = x.shape[-2:]
+    pad = np.zeros(x.shape[:-1] + (c + 1,), x.dtype)
+    pad[..., :c] = x
+    buf = gpu.upload(pad, dtype)
+    return buf.view(x.shape, buf.strides[:-2] + (c + 1, 1))
+
+
+# (a shape, b shape, a storage, b storage, forced chunk count or None for the heuristic)
+SPLIT_CASES = {
+    "K-prime": ((100, 4099), (4099, 100), "n", "n", None),
+    "K-prime-wgmma": ((96, 4099), (4099, 104), "t", "n", None),
+    "K=Kc+1": ((130, 65), (65, 70), "n", "n", 2),
+    "K<Kc": ((33, 40), (40, 20), "n", "n", 4),
+    "Ksmall-many": ((40, 300), (300, 24), "n", "t", 7),
+    "dB-like": ((64, 20000), (20000, 24), "t", "n", None),      # Aᵀ·dC, 't' A
+    "batched": ((2, 64, 8192), (8192, 72), "n", "n", None),
+    "transposed-b": ((96, 5000), (5000, 40), "n", "t", None),
+    "odd-ld": ((50, 3001), (3001, 30), "odd", "n", None),          # _s kernels
+}
+
+
+@pytest.mark.parametrize("arch,pipelined", [("sm_90", True), ("sm_90", False),
+                                            ("sm_80", True)])
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_launcher_emulated(case, arch, pipelined, monkeypatch, rng):
+    om = _om()
+    sa, sb, how_a, how_b, force = SPLIT_CASES[case]
+    monkeypatch.setattr(om, "FORCE_SPLIT", force)
+    gpu = _FakeGPU(arch)
+    dtype = mg.float16
+    a = rng.standard_normal(sa).astype(np.float16)
+    b = rng.standard_normal(sb).astype(np.float16)
+    out = om.tc_matmul(gpu, _stored(gpu, a, dtype, how_a), _stored(gpu, b, dtype, how_b),
+                       pipelined, runtime=gpu)
+    got = gpu.buf_arr(out)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.shape == ref.shape and _rel(got, ref) < _bound(sa[-1], np.float16)
+    mm = [(e, g, args) for e, g, args in gpu.launches if "splitk" not in e]
+    sums = [args for e, g, args in gpu.launches if "splitk" in e]
+    batch = int(np.prod(sa[:-2]))
+    m, k, n = sa[-2], sa[-1], sb[-1]
+    e0 = mm[0][0]
+    kernel = "wgmma" if "wgmma" in e0 else "mma_w8" if e0.endswith("w8") else "mma"
+    assert ("wgmma" in e0) == (pipelined and arch == "sm_90" and e0.count("_s") == 0)
+    bn, s, kc = om.plan(m, n, k, batch, 132, kernel)
+    if force is None:
+        assert s > 1 or kernel == "mma_w8", "these shapes are meant to split"
+    if s == 1:
+        assert len(mm) == 1 and not sums and mm[0][2][11] == k
+        return
+    full, rem = divmod(k, kc)
+    assert len(sums) == 1 and sums[0][2:] == (m * n, s, batch)
+    assert len(mm) == batch * ((full > 0) + (rem > 0))
+    ks = sorted({args[11] for _, _, args in mm})
+    assert ks == sorted({kc} | ({rem} if rem else set()))
+
+
+def _tensor_stored(x, how, device):
+    """x as a device tensor stored like _stored() does: row-major, a transposed view,
+    or a slice of a buffer with an odd row length (the kernels' _s path)."""
+    if how == "n":
+        return Tensor(x, device=device)
+    if how == "t":
+        return Tensor(np.ascontiguousarray(np.swapaxes(x, -1, -2)), device=device).T
+    pad = np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype)
+    pad[..., :-1] = x
+    return Tensor(pad, device=device)[..., :x.shape[-1]]
+
+
+def _spy_launches(monkeypatch):
+    from minigrad.backend.cuda import runtime
+    names, real = [], runtime.launch
+
+    def launch(fn, *args, **kw):
+        names.append(getattr(fn, "mg_name", "?"))
+        return real(fn, *args, **kw)
+    monkeypatch.setattr(runtime, "launch", launch)
+    return names
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_k_matches_reference(name, case, poisoned_device, monkeypatch, rng):
+    """Split-K on the GPU at awkward shapes, NaN-poisoned outputs and workspaces, against
+    the float64 product of the rounded inputs; the same bits on a second run."""
+    if poisoned_device == "cpu":
+        pytest.skip("split-K is a path of the CUDA launcher (emulated on CPU above)")
+    om = _om()
+    sa, sb, how_a, how_b, force = SPLIT_CASES[case]
+    monkeypatch.setattr(om, "FORCE_SPLIT", force)
+    a, b = _inputs(rng, sa, sb, OPS[name])
+    op = getattr(mg.ops, name)
+    launched = _spy_launches(monkeypatch)
+    outs = [op(_tensor_stored(a, how_a, poisoned_device),
+               _tensor_stored(b, how_b, poisoned_device)).numpy() for _ in range(2)]
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert outs[0].shape == ref.shape and _rel(outs[0], ref) < _bound(sa[-1], OPS[name])
+    assert np.array_equal(outs[0], outs[1]), "split-K must be deterministic"
+    if force is None and not any("w8" in n for n in launched):
+        assert any("splitk_sum" in n for n in launched), launched
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("n,k", [(1152, 384), (384, 384)], ids=str)
+def test_split_k_transformer_weight_grad(name, n, k, poisoned_device, monkeypatch, rng):
+    """dB = Aᵀ·dC of nn.Linear at 16384 tokens (the backward's own call: a transposed
+    view of A, layout tn): split by the heuristic, deterministic, within the f32 bound."""
+    if poisoned_device == "cpu":
+        pytest.skip("CUDA only (the CPU path is the reference)")
+    a, g = _inputs(rng, (16384, k), (16384, n), OPS[name])
+    op = getattr(mg.ops, name)
+    launched = _spy_launches(monkeypatch)
+    at, gt = Tensor(a, device=poisoned_device).T, Tensor(g, device=poisoned_device)
+    outs = [op(at, gt).numpy() for _ in range(2)]
+    ref = a.T.astype(np.float64) @ g.astype(np.float64)
+    assert _rel(outs[0], ref) < _bound(16384, OPS[name])
+    assert np.array_equal(outs[0], outs[1])
+    assert any("splitk_sum" in x for x in launched), launched

@@ -13,18 +13,51 @@ views, choosing a kernel by the host rules stated in the kernel files' headers:
                    blocks for half the SMs; else 128x128.
   pipelined ops    on sm_90: cp.async + wgmma (`matmul_tc_wgmma_*`), tile 128 or 256
                    wide by wave quantisation; elsewhere the 4-stage cp.async kernel.
+  split-K          when the output has too few tiles to fill the SMs and K is long
+                   (dB = Aᵀ·dC of nn.Linear: a K x N output, a reduction over all
+                   tokens), K is cut into S chunks: `plan()` below.
+
+Split-K needs no kernel change. The kernels' batch mechanism (blocks walk entries
+`bat` with A + bat*strideA, B + bat*strideB, C + bat*strideC, grid.z) expresses the
+chunks directly: chunk s of length Kc is A advanced by s*Kc along K (strideA = Kc for
+A 'n', Kc*lda for 't'), B advanced by s*Kc rows (strideB = Kc*ldb for B 'n', Kc for
+'t'), and an f32 slab s of a pooled workspace [S, M, N] (strideC = M*N), launched with
+K = Kc and batch = the number of full chunks. Kc is a multiple of the kernel's K tile,
+so the chunk offsets keep the 16-byte rule. When K % Kc != 0 the short last chunk
+(K - full*Kc) is a second launch of the same kernel with K = that length (the kernel
+zero-fills the K tail as always). Then `matmul_tc_splitk_sum` adds the slabs in the
+order s = 0, 1, ..., S-1 into the output: no atomics, so a given shape on a given card
+gives the same bits every run (the chunking depends on the shape and the SM count
+only). Split-K changes the f32 summation order, which OPS.md allows (the reference is
+A.astype(f32) @ B.astype(f32), compared with a tolerance). A batched product
+([batch..., M, K] @ [K, N], batch <= SPLIT_BATCH_MAX) that splits runs these launches
+once per batch entry; the one reduction handles all entries.
 
 `register(backend)` makes these the CUDA kernels of mg.ops.matmul_tc{,_bf16}{,_async}.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ...dtype import float32
-from . import runtime
 
 ARGS = "PPPqqqqqqiiii"
+SUM_ARGS = "PPqii"
 _FILES = {False: "matmul_tc.cu", True: "matmul_tc_wgmma.cu"}
+_BM = 128
+_SUM_THREADS = 256
+
+# ---- split-K heuristic (see plan()) ----
+SPLIT_KMIN = 512        # shortest chunk: 8 wgmma / 16 mma.sync K tiles per block
+SPLIT_MAX = 16          # most chunks (bounds the workspace and its reduction)
+SPLIT_BLOCK_K = 128     # fixed cost of one block (pipeline fill, f32 tile store), as K
+SPLIT_LAUNCH_K = 512    # fixed cost of the extra launch for a short last chunk, as K
+SPLIT_SLAB_ELEMS = 4096  # each chunk's f32 slab (stored, then read by the sum) costs
+                         # M*N / SPLIT_SLAB_ELEMS K steps (~8 B/element at ~3 TB/s)
+SPLIT_GAIN = 0.75       # split only if the estimate drops to <= 3/4 of the unsplit one
+SPLIT_BATCH_MAX = 8     # batched products split (one launch per entry) up to this batch
+FORCE_SPLIT = None      # int: use exactly this many chunks (tests, benchmark sweeps)
 
 
 def _batch_stride(shape, strides):
@@ -62,16 +95,90 @@ def _wgmma_tile(m, n, batch, sms):
     return 256 if math.ceil(b256 / sms) * 1.8 <= math.ceil(b128 / sms) else 128
 
 
-def _function(be, name, smem):
-    fn = be.function(_FILES["wgmma" in name], name, ARGS)
+def chunks(k: int, s: int, kt: int):
+    """K cut into at most s chunks: (kc, full, rem) with kc = ceil(k/s) rounded up to a
+    multiple of the K tile kt, `full` chunks of kc and, if rem > 0, one last chunk of
+    rem < kc; full*kc + rem == k."""
+    per = -(-k // s)                  # ceil(k / s)
+    kc = -(-per // kt) * kt           # rounded up to whole K tiles
+    full, rem = divmod(k, kc)
+    return kc, full, rem
+
+
+def _split_cost(tiles, slots, k, s, kt, mn=0):
+    """Estimated time of one product (one batch entry when split), in K steps of one
+    block: each wave of blocks costs its chunk length plus SPLIT_BLOCK_K; a short last
+    chunk adds its own wave and SPLIT_LAUNCH_K; each chunk's slab adds
+    mn / SPLIT_SLAB_ELEMS."""
+    waves = lambda blocks: -(-blocks // slots)      # noqa: E731
+    if s == 1:
+        return waves(tiles) * (k + SPLIT_BLOCK_K)
+    kc, full, rem = chunks(k, s, kt)
+    cost = waves(tiles * full) * (kc + SPLIT_BLOCK_K) if full else 0
+    if rem:
+        cost += waves(tiles) * (rem + SPLIT_BLOCK_K) + SPLIT_LAUNCH_K
+    return cost + (full + (rem > 0)) * mn / SPLIT_SLAB_ELEMS
+
+
+def plan(m, n, k, batch, sms, kernel):
+    """(bn, s, kc): the block tile width, the number of K chunks (1: no split) and the
+    chunk length for `kernel` in {"wgmma", "mma", "mma_w8"} on a card of `sms` SMs.
+
+    Unsplit, the tile is the usual one (wgmma: _wgmma_tile; mma.sync: 128, or the
+    8-warp 256 kernel, which is chosen only when it already fills half the SMs and
+    never splits). A split uses 128-wide tiles (on an H200 the 128x256 wgmma block was
+    slower at these shapes, benchmarks/notes_matmul.md). Each chunk count
+    s in 2..min(SPLIT_MAX, K // SPLIT_KMIN) gets an estimated time (_split_cost): the
+    wave-quantised number of blocks (ceil(blocks / slots), slots = SMs x blocks per
+    SM: 1 for wgmma, 2 for the 128x128 mma.sync kernels) times the chunk length plus a
+    fixed cost per block, a fixed cost for the extra launch of a short last chunk
+    (so chunk counts that divide K into whole K tiles win), and the slab traffic;
+    times the batch (one launch per entry). The unsplit estimate counts a 128x256
+    block as 1.8 of a 128x128 one, as the tile rule does. The cheapest split is taken
+    when it costs at most SPLIT_GAIN of the unsplit estimate; else s = 1; never for
+    batch > SPLIT_BATCH_MAX. FORCE_SPLIT = s overrides the count (not the tile rule);
+    a k too short for two chunks of the K tile gives s = 1. Cached: it is pure."""
+    return _plan(m, n, k, batch, sms, kernel, FORCE_SPLIT)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(m, n, k, batch, sms, kernel, force):
+    if kernel == "mma_w8":
+        return 256, 1, k
+    kt, slots = (64, sms) if kernel == "wgmma" else (32, 2 * sms)
+    bn0 = _wgmma_tile(m, n, batch, sms) if kernel == "wgmma" else 128
+    if force is not None:
+        kc, full, rem = chunks(k, max(1, int(force)), kt)
+        return (bn0, 1, k) if full + (rem > 0) < 2 else (128, full + (rem > 0), kc)
+    tiles = math.ceil(m / _BM) * math.ceil(n / 128)
+    tiles0 = math.ceil(m / _BM) * math.ceil(n / bn0)
+    best = ((1.8 if bn0 == 256 else 1.0) * _split_cost(tiles0 * batch, slots, k, 1, kt),
+            bn0, 1, k)
+    limit = best[0] * SPLIT_GAIN
+    if batch <= SPLIT_BATCH_MAX:
+        for s in range(2, min(SPLIT_MAX, k // SPLIT_KMIN) + 1):
+            cost = batch * _split_cost(tiles, slots, k, s, kt, m * n)
+            if cost <= limit and cost < best[0]:
+                kc, full, rem = chunks(k, s, kt)
+                best = (cost, 128, full + (rem > 0), kc)
+    return best[1:]
+
+
+def _function(be, rt, name, smem, file=None):
+    fn = be.function(file or _FILES["wgmma" in name], name,
+                     SUM_ARGS if "splitk" in name else ARGS)
     if smem > 48 * 1024 and not getattr(fn, "mg_smem_raised", False):
-        runtime.set_max_dynamic_shared(fn, smem)
+        rt.set_max_dynamic_shared(fn, smem)
         fn.mg_smem_raised = True
     return fn
 
 
-def tc_matmul(be, a, b, pipelined: bool):
-    """f32 [batch..., M, N] = a [batch..., M, K] @ b ([K, N] or [batch..., K, N])."""
+def tc_matmul(be, a, b, pipelined: bool, runtime=None):
+    """f32 [batch..., M, N] = a [batch..., M, K] @ b ([K, N] or [batch..., K, N]).
+    `runtime` defaults to minigrad.backend.cuda.runtime (tests may pass a stand-in)."""
+    if runtime is None:
+        from . import runtime
+    rt = runtime
     dt = {"float16": "f16", "bfloat16": "bf16"}[a.dtype.name]
     m, k = a.shape[-2:]
     n = b.shape[-1]
@@ -91,22 +198,48 @@ def tc_matmul(be, a, b, pipelined: bool):
     layout = la + lb
     vec = (lda % 8 == 0 and ldb % 8 == 0 and sa % 8 == 0 and sb % 8 == 0
            and a.ptr % 16 == 0 and b.ptr % 16 == 0)
-    sms = runtime.multiprocessors
+    sms = rt.multiprocessors
     path = "v" if vec else "s"
     if pipelined and vec and be.arch.startswith("sm_90"):
-        tile = _wgmma_tile(m, n, batch, sms)
-        name, threads, smem, bn = f"matmul_tc_wgmma_{dt}_{layout}_n{tile}", 256, 197632, tile
+        bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
+        name, threads, smem = f"matmul_tc_wgmma_{dt}_{layout}_n{bn}", 256, 197632
     elif pipelined:
-        name, threads, smem, bn = f"matmul_tc_async_{dt}_{layout}_{path}", 128, 81920, 128
+        bn, s, kc = plan(m, n, k, batch, sms, "mma")
+        name, threads, smem = f"matmul_tc_async_{dt}_{layout}_{path}", 128, 81920
     elif vec and math.ceil(n / 256) * 2 == math.ceil(n / 128) and \
             math.ceil(m / 128) * math.ceil(n / 256) * batch >= sms / 2:
-        name, threads, smem, bn = f"matmul_tc_{dt}_{layout}_v_w8", 256, 61440, 256
+        bn, s, kc = plan(m, n, k, batch, sms, "mma_w8")
+        name, threads, smem = f"matmul_tc_{dt}_{layout}_v_w8", 256, 61440
     else:
-        name, threads, smem, bn = f"matmul_tc_{dt}_{layout}_{path}", 128, 0, 128
-    fn = _function(be, name, smem)
-    grid = (math.ceil(m / 128) * math.ceil(n / bn), 1, min(batch, 65535))
-    runtime.launch(fn, grid, threads, [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n,
-                                       m, n, k, batch], smem)
+        bn, s, kc = plan(m, n, k, batch, sms, "mma")
+        name, threads, smem = f"matmul_tc_{dt}_{layout}_{path}", 128, 0
+    fn = _function(be, rt, name, smem)
+    tiles = math.ceil(m / _BM) * math.ceil(n / bn)
+    if s == 1:
+        rt.launch(fn, (tiles, 1, min(batch, 65535)), threads,
+                  [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n, m, n, k, batch], smem)
+        return out
+    # split-K: chunk j of batch entry i -> slab ws[i, j]
+    full, rem = divmod(k, kc)                 # s == full + (rem > 0)
+    ws = be.empty((batch, s, m, n), float32)
+    ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
+    cb = kc * ldb if lb == "n" else kc        # and of B
+    ia, ib = a.dtype.itemsize, b.dtype.itemsize
+    for i in range(batch):
+        pa, pb, pc = a.ptr + i * sa * ia, b.ptr + i * sb * ib, ws.ptr + i * s * m * n * 4
+        if full:
+            rt.launch(fn, (tiles, 1, min(full, 65535)), threads,
+                      [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kc, full], smem)
+        if rem:
+            rt.launch(fn, (tiles, 1, 1), threads,
+                      [pa + full * ca * ia, pb + full * cb * ib, pc + full * m * n * 4,
+                       lda, ldb, n, 0, 0, 0, m, n, rem, 1], smem)
+    v4 = (m * n) % 4 == 0 and ws.ptr % 16 == 0 and out.ptr % 16 == 0
+    fsum = _function(be, rt, "matmul_tc_splitk_sum4" if v4 else "matmul_tc_splitk_sum", 0,
+                     file="matmul_tc.cu")
+    items = (m * n) // 4 if v4 else m * n
+    grid = (max(1, min(-(-items // _SUM_THREADS), 16 * sms)), min(batch, 65535), 1)
+    rt.launch(fsum, grid, _SUM_THREADS, [ws.ptr, out.ptr, m * n, s, batch])
     return out
 
 
