@@ -39,11 +39,22 @@
 //   flash_attention_bwd_dq{C}_{X}(const float* q, const float* k, const float* v,
 //       const float* dO, const float* lse, const float* Dd, float* dQ,
 //       int B, int S, int D, float scale)                                           "PPPPPPPiiif"
+//   ATTENTION DROPOUT (an extension beyond OPS.md): flash_attention_{fwd,bwd_dq,bwd_dkdv}
+//   {C}_dropout_{X} take the arguments above plus one struct fa::DropArgs (Philox round keys
+//   of the 64-bit seed, keep threshold, f32 1/(1-p): format "I"*15 + "f").  P = softmax(S)
+//   and L as without dropout; keep-mask M_ij = u16(seed, b, i, j) >= thr (keep_bits below);
+//   fwd: out_i = sum_j P_ij M_ij/(1-p) v_j;  dkdv: dV_j = sum_i P_ij M_ij/(1-p) dO_i;
+//   dkdv, dq: dS_ij = P_ij (M_ij/(1-p) dO_i.v_j - D_i) (D_i = dO_i.O_i with the dropped O).
+//   The mask is a pure function of (seed, b, i, j), so every kernel regenerates it alike;
+//   NumPy mirror: reference.dropout_keep.  The _dropout kernels are separate template
+//   instances (DROP = true): without dropout the kernels compile to the same code as before.
+//   -DFA_DROPOUT=0 builds only the kernels without dropout, =1 only the _dropout ones (and
+//   the preprocess); undefined: both (57 kernels).
 //   Backward order: L (the _with_stats fwd, or the lse kernel) -> preprocess -> dkdv -> dq
 //   (dq and dkdv are independent of each other; both need L and Dd).  Every output element
 //   is written exactly once by one block (no atomics, deterministic).
 //   Build option: -DFA_ONLY_DP=64 (etc.) instantiates the kernels of one DP only (the full
-//   file holds 33 kernels and takes NVRTC tens of seconds; a runtime may compile per DP).
+//   file holds 33 kernels without dropout and takes NVRTC tens of seconds; a runtime may compile per DP).
 //
 // LAUNCH RULES (fwd, lse, dkdv, dq): block (128,1,1); grid (ntiles * B, 1, 1) where
 //   fwd, lse, dq : ntiles = ceil(S / 64)         (a block owns 64 query rows)
@@ -277,11 +288,72 @@ __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
 }
 
+// ------------------------------------------------------------------ attention dropout --
+// Dropout arguments, one kernel parameter (so every field is a constant-bank operand and
+// costs no register): the Philox round keys key[2r], key[2r+1] = (seed_lo + r*0x9E3779B9,
+// seed_hi + r*0xBB67AE85) mod 2^32 for r = 0..6 (the host expands the 64-bit seed), the
+// keep threshold thr on 16-bit uniforms (kept iff u16 >= thr = ceil(65536 p)) and
+// rp = f32(1/(1-p)).  Host: ops_attention.py (_drop).
+struct DropArgs {
+    unsigned key[14];
+    unsigned thr;
+    float rp;
+};
+
+// Philox-4x32 with 7 rounds (Random123's Philox4x32-7, the round count FlashAttention-2's
+// dropout uses) of counter (c0, c1, c2, 0) under the key of `dr`.  Host mirror:
+// minigrad/backend/reference.py (_philox4x32_7); the two must stay identical.
+__device__ __forceinline__ uint4 philox7(unsigned c0, unsigned c1, unsigned c2, const DropArgs& dr) {
+    unsigned c3 = 0u;
+#pragma unroll
+    for (int r = 0; r < 7; ++r) {
+        const unsigned h0 = __umulhi(0xD2511F53u, c0), l0 = 0xD2511F53u * c0;
+        const unsigned h1 = __umulhi(0xCD9E8D57u, c2), l1 = 0xCD9E8D57u * c2;
+        c0 = h1 ^ c1 ^ dr.key[2 * r]; c1 = l1; c2 = h0 ^ c3 ^ dr.key[2 * r + 1]; c3 = l0;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}
+
+// Keep bits of the dropout mask for a thread's [TM x TN] score tile: rows row + 16 i, keys
+// key + 8 j (row = tile row0 + rg with row0 a multiple of 32; key = k0 + cg); bit i*TN + j.
+// Element (b, i, j) is kept iff u16(b, i, j) >= thr, u16 = 16 bits of one Philox call on
+// counter (j & ~24, i & ~16, b) under key = seed: word 2*((i >> 4) & 1) + ((j >> 4) & 1),
+// low half when ((j >> 3) & 1) == 0, else high half.  One call thus serves the 8 elements
+// {i, i+16} x {j, j+8, j+16, j+24} that one thread owns in every kernel - a pure function
+// of (seed, b, i, j), independent of the tiling.
+template <int TM, int TN>
+__device__ __forceinline__ unsigned keep_bits(const DropArgs& dr, int b, int row, int key) {
+    static_assert(TM % 2 == 0 && TM * TN <= 32, "keep_bits: row pairs, one 32-bit word");
+    const int coff = TN >= 4 ? 0 : (key >> 3) & 3;   // key tile of 16: which half of a group
+    unsigned bits = 0u;
+#pragma unroll
+    for (int ip = 0; ip < TM / 2; ++ip) {
+#pragma unroll
+        for (int jq = 0; jq < (TN + 3) / 4; ++jq) {
+            const int r = row + 32 * ip, c = key + 32 * jq;
+            const uint4 h = philox7((unsigned)c & ~24u, (unsigned)r & ~16u, (unsigned)b, dr);
+#pragma unroll
+            for (int ii = 0; ii < 2; ++ii)
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+                    if (4 * jq + jj >= TN) continue;
+                    const int cs = coff + jj;
+                    const unsigned w = ii ? ((cs & 2) ? h.w : h.z) : ((cs & 2) ? h.y : h.x);
+                    const unsigned u = (cs & 1) ? (w >> 16) : (w & 0xffffu);
+                    bits |= (u >= dr.thr ? 1u : 0u) << ((2 * ip + ii) * TN + 4 * jq + jj);
+                }
+        }
+    }
+    return bits;
+}
+
 // ------------------------------------------------------------------------------ forward --
-template <int DP, bool CAUSAL, bool PV = true>
+template <int DP, bool CAUSAL, bool PV = true, bool DROP = false>
 __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __restrict__ K,
                                     const float* __restrict__ V, float* __restrict__ O,
-                                    float* __restrict__ LSE, int B, int S, int D, float scale) {
+                                    float* __restrict__ LSE, int B, int S, int D, float scale,
+                                    const DropArgs& drop = DropArgs{}) {
+    static_assert(PV || !DROP, "dropout needs the P.V product");
     constexpr int BC = Cfg<DP>::FWD_BC;
     constexpr int LDQ = DP + 4, LDK = DP + 4, LDV = DP, LDP = BC + 4;
     constexpr int TM = BR / 16, TN = BC / 8, TD = DP / 32;
@@ -331,6 +403,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
 #pragma unroll
             for (int j = 0; j < TN; ++j) s[i][j] = 0.f;
         gemm_nt<TM, TN, LDQ, LDK>(s, Qs + rg * LDQ, Ks + cg * LDK, nd4);
+        const unsigned keep = DROP ? keep_bits<TM, TN>(drop, b, q0 + rg, k0 + cg) : 0u;
 
         if (k0 + BC > S || (CAUSAL && k0 + BC - 1 > q0)) {
 #pragma unroll
@@ -367,7 +440,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
                     o[i][jj].x *= alpha; o[i][jj].y *= alpha; o[i][jj].z *= alpha; o[i][jj].w *= alpha;
                 }
 #pragma unroll
-                for (int j = 0; j < TN; ++j) Ps[(rg + 16 * i) * LDP + cg + 8 * j] = s[i][j];
+                for (int j = 0; j < TN; ++j)
+                    Ps[(rg + 16 * i) * LDP + cg + 8 * j] =
+                        DROP && !((keep >> (i * TN + j)) & 1u) ? 0.f : s[i][j];
             }
         }
         __syncthreads();                            // Ks free, Ps visible
@@ -392,7 +467,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         t += __shfl_xor_sync(0xffffffffu, t, 2);
         t += __shfl_xor_sync(0xffffffffu, t, 4);
         l[i] = t;
-        inv[i] = 1.f / t;
+        inv[i] = DROP ? drop.rp / t : 1.f / t;
     }
     if (PV) {
         const bool vec_out = (D & 3) == 0 && aligned16(O);
@@ -408,11 +483,12 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
 }
 
 // ------------------------------------------------------------------------- backward: dq --
-template <int DP, bool CAUSAL>
+template <int DP, bool CAUSAL, bool DROP = false>
 __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float* __restrict__ K,
                                        const float* __restrict__ V, const float* __restrict__ dO,
                                        const float* __restrict__ LSE, const float* __restrict__ Dd,
-                                       float* __restrict__ dQ, int B, int S, int D, float scale) {
+                                       float* __restrict__ dQ, int B, int S, int D, float scale,
+                                       const DropArgs& drop = DropArgs{}) {
     constexpr int BC = Cfg<DP>::DQ_BC;
     constexpr int LDQ = DP + 4, LDK = DP + 4, LDS_ = BC + 4;
     constexpr int TM = BR / 16, TN = BC / 8, TD = DP / 32;
@@ -468,6 +544,14 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         mg_cp_async_wait<1>();                      // V(kt) (and Q, dO)
         __syncthreads();
         gemm_nt<TM, TN, LDQ, LDK>(dp, dOs + rg * LDQ, Vs + cg * LDK, nd4);
+        if (DROP) {                                 // dP = M/(1-p) dO.v  (mask dead before S)
+            const unsigned keep = keep_bits<TM, TN>(drop, b, q0 + rg, k0 + cg);
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j)
+                    dp[i][j] = (keep >> (i * TN + j)) & 1u ? dp[i][j] * drop.rp : 0.f;
+        }
         mg_cp_async_wait<0>();                      // K(kt)
         __syncthreads();
         gemm_nt<TM, TN, LDQ, LDK>(s, Qs + rg * LDQ, Ks + cg * LDK, nd4);
@@ -501,12 +585,13 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 }
 
 // ----------------------------------------------------------------------- backward: dkdv --
-template <int DP, bool CAUSAL>
+template <int DP, bool CAUSAL, bool DROP = false>
 __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const float* __restrict__ K,
                                          const float* __restrict__ V, const float* __restrict__ dO,
                                          const float* __restrict__ LSE, const float* __restrict__ Dd,
                                          float* __restrict__ dK, float* __restrict__ dV,
-                                         int B, int S, int D, float scale) {
+                                         int B, int S, int D, float scale,
+                                         const DropArgs& drop = DropArgs{}) {
     constexpr int BCK = Cfg<DP>::KV_BC, BRQ = Cfg<DP>::KV_BR;
     constexpr int LDX = DP + 4, LDT = BRQ + 4;
     constexpr int TM = BRQ / 16, TN = BCK / 8;      // score tile [BRQ x BCK]
@@ -570,6 +655,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         mg_cp_async_wait<0>();                      // Q(qt)
         __syncthreads();
         gemm_nt<TM, TN, LDX, LDX>(s, Qs + rg * LDX, Ks + cg * LDX, nd4);
+        const unsigned keep = DROP ? keep_bits<TM, TN>(drop, b, r0 + rg, k0 + cg) : 0u;
         const bool mask = k0 + BCK > S || (CAUSAL && k0 + BCK - 1 > r0);
 #pragma unroll
         for (int i = 0; i < TM; ++i)
@@ -582,8 +668,14 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
                 }
                 const float p = ex2(fmaf(x, sl2, -l2[i]));
                 const int t = (cg + 8 * j) * LDT + rg + 16 * i;
-                PT[t] = p;
-                dST[t] = p * (dp[i][j] - dd[i]);
+                if (DROP) {                          // dV uses P M/(1-p); dP = M/(1-p) dO.v
+                    const bool kp = (keep >> (i * TN + j)) & 1u;
+                    PT[t] = kp ? p * drop.rp : 0.f;
+                    dST[t] = p * ((kp ? dp[i][j] * drop.rp : 0.f) - dd[i]);
+                } else {
+                    PT[t] = p;
+                    dST[t] = p * (dp[i][j] - dd[i]);
+                }
             }
         __syncthreads();                            // PT, dST visible
         gemm_pv<KM, TD, BRQ, LDT, LDX>(dv, PT + rg * LDT, dOs + 4 * cg);
@@ -651,7 +743,28 @@ flash_attention_bwd_preprocess(const float* __restrict__ dO, const float* __rest
          const float* Dd, float* dK, float* dV, int B, int S, int D, float scale) {            \
         fa::bwd_dkdv<DP, CAUSAL>(q, k, v, dO, lse, Dd, dK, dV, B, S, D, scale);                \
     }
-#define FA_ALL(DP)                                                                              \
+#define FA_DROP_ARGS fa::DropArgs drop
+#define FA_FWD_DROP(NAME, DP, CAUSAL)                                                           \
+    extern "C" __global__ void __launch_bounds__(fa::NT, fa::min_blocks(fa::smem_fwd<DP>()))   \
+    NAME(const float* q, const float* k, const float* v, float* o, float* lse,                 \
+         int B, int S, int D, float scale, FA_DROP_ARGS) {                                     \
+        fa::fwd<DP, CAUSAL, true, true>(q, k, v, o, lse, B, S, D, scale, drop);                \
+    }
+#define FA_DQ_DROP(NAME, DP, CAUSAL)                                                            \
+    extern "C" __global__ void __launch_bounds__(fa::NT, fa::min_blocks(fa::smem_dq<DP>()))    \
+    NAME(const float* q, const float* k, const float* v, const float* dO, const float* lse,    \
+         const float* Dd, float* dQ, int B, int S, int D, float scale, FA_DROP_ARGS) {         \
+        fa::bwd_dq<DP, CAUSAL, true>(q, k, v, dO, lse, Dd, dQ, B, S, D, scale, drop);          \
+    }
+#define FA_DKDV_DROP(NAME, DP, CAUSAL)                                                          \
+    extern "C" __global__ void __launch_bounds__(fa::NT, fa::min_blocks(fa::smem_dkdv<DP>()))  \
+    NAME(const float* q, const float* k, const float* v, const float* dO, const float* lse,    \
+         const float* Dd, float* dK, float* dV, int B, int S, int D, float scale,              \
+         FA_DROP_ARGS) {                                                                       \
+        fa::bwd_dkdv<DP, CAUSAL, true>(q, k, v, dO, lse, Dd, dK, dV, B, S, D, scale, drop);    \
+    }
+#if !defined(FA_DROPOUT) || FA_DROPOUT == 0
+#define FA_PLAIN_KERNELS(DP)                                                                    \
     FA_FWD(flash_attention_fwd_d##DP, DP, false)                                               \
     FA_FWD(flash_attention_fwd_causal_d##DP, DP, true)                                         \
     FA_LSE(flash_attention_lse_d##DP, DP, false)                                               \
@@ -660,7 +773,21 @@ flash_attention_bwd_preprocess(const float* __restrict__ dO, const float* __rest
     FA_DQ(flash_attention_bwd_dq_causal_d##DP, DP, true)                                       \
     FA_DKDV(flash_attention_bwd_dkdv_d##DP, DP, false)                                         \
     FA_DKDV(flash_attention_bwd_dkdv_causal_d##DP, DP, true)
-
+#else
+#define FA_PLAIN_KERNELS(DP)
+#endif
+#if !defined(FA_DROPOUT) || FA_DROPOUT == 1
+#define FA_DROP_KERNELS(DP)                                                                     \
+    FA_FWD_DROP(flash_attention_fwd_dropout_d##DP, DP, false)                                  \
+    FA_FWD_DROP(flash_attention_fwd_causal_dropout_d##DP, DP, true)                            \
+    FA_DQ_DROP(flash_attention_bwd_dq_dropout_d##DP, DP, false)                                \
+    FA_DQ_DROP(flash_attention_bwd_dq_causal_dropout_d##DP, DP, true)                          \
+    FA_DKDV_DROP(flash_attention_bwd_dkdv_dropout_d##DP, DP, false)                            \
+    FA_DKDV_DROP(flash_attention_bwd_dkdv_causal_dropout_d##DP, DP, true)
+#else
+#define FA_DROP_KERNELS(DP)
+#endif
+#define FA_ALL(DP) FA_PLAIN_KERNELS(DP) FA_DROP_KERNELS(DP)
 #if !defined(FA_ONLY_DP) || FA_ONLY_DP == 32
 FA_ALL(32)
 #endif

@@ -318,36 +318,74 @@ def _check_flash(op, q, k, v):
     _same_device(op, q=q, k=k, v=v)
 
 
-def attention_flash_with_stats(q, k, v, causal=False):
-    """(out, L): the flash forward and each row's log-sum-exp L = m + ln(l), f32 [..., S]."""
+def _check_dropout(op, dropout_p, seed):
+    """(p, seed) of the flash ops' optional attention dropout: p = 0 means none (the node
+    is then the plain op's); a seed None is drawn from minigrad's generator (manual_seed)."""
+    if not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
+        raise ValueError(f"{op}: dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if dropout_p == 0:
+        return 0.0, None
+    if seed is None:
+        from .tensor import _random_state
+        _random_state["calls"] += 1
+        x = (_random_state["seed"] * 0x9E3779B97F4A7C15 + _random_state["calls"] *
+             0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):   # splitmix64
+            x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
+        seed = x ^ (x >> 31)
+    elif not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"{op}: seed must be an integer in [0, 2**64), got {seed!r}")
+    return float(dropout_p), int(seed)
+
+
+def _drop_params(dropout_p, seed):
+    return {"dropout_p": dropout_p, "seed": seed} if dropout_p > 0 else {}
+
+
+def attention_flash_with_stats(q, k, v, causal=False, *, dropout_p=0.0, seed=None):
+    """(out, L): the flash forward and each row's log-sum-exp L = m + ln(l), f32 [..., S].
+    With dropout_p > 0, out has attention dropout (see attention_flash); L does not."""
+    dropout_p, seed = _check_dropout("attention_flash_with_stats", dropout_p, seed)
     return _kernel("attention_flash_with_stats", [q, k, v], [q.shape, q.shape[:-1]],
-                   [float32, float32], causal=causal)
+                   [float32, float32], causal=causal, **_drop_params(dropout_p, seed))
 
 
 class _FlashAttention(Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal):
-        out = _kernel("attention_flash", [q, k, v], [q.shape], [float32], causal=causal)
+    def forward(ctx, q, k, v, causal, dropout_p=0.0, seed=None):
+        drop = _drop_params(dropout_p, seed)
+        out = _kernel("attention_flash", [q, k, v], [q.shape], [float32], causal=causal, **drop)
         ctx.save_for_backward(q, k, v, Tensor._from_lazy(out.lazydata))
-        ctx.causal = causal
+        ctx.causal, ctx.drop = causal, drop
         return out
 
     @staticmethod
     def backward(ctx, g):
         q, k, v, out = ctx.saved_tensors
-        _, lse = attention_flash_with_stats(q, k, v, ctx.causal)   # the recompute
+        # the recompute: L is defined without dropout, so it needs no mask (out, the
+        # forward's dropped output, is saved); the backward kernels regenerate the mask
+        _, lse = attention_flash_with_stats(q, k, v, ctx.causal)
         dq, dk, dv = _kernel("attention_flash_backward", [q, k, v, out, g, lse],
-                             [q.shape] * 3, [float32] * 3, causal=ctx.causal)
-        return dq, dk, dv, None
+                             [q.shape] * 3, [float32] * 3, causal=ctx.causal, **ctx.drop)
+        return dq, dk, dv, None, None, None
 
 
-def attention_flash(q, k, v):
-    """FlashAttention forward, f32 [..., S, D] (D <= 256), no O(S²) memory."""
+def attention_flash(q, k, v, *, dropout_p=0.0, seed=None):
+    """FlashAttention forward, f32 [..., S, D] (D <= 256), no O(S²) memory.
+
+    Optional attention dropout (an extension beyond OPS.md): with dropout_p > 0,
+    out_i = sum_j P_ij M_ij/(1-p) v_j, P = softmax(scores) and the keep-mask M_ij a pure
+    function of (seed, leading index, i, j) (Philox-4x32-7, 16-bit uniforms; the same
+    mask in forward and backward, on the GPU and the CPU). seed=None draws one from
+    minigrad's generator (mg.manual_seed) when the graph is built. dropout_p=0 is
+    exactly the op without dropout."""
     _check_flash("attention_flash", q, k, v)
-    return _FlashAttention.apply(q, k, v, False)
+    dropout_p, seed = _check_dropout("attention_flash", dropout_p, seed)
+    return _FlashAttention.apply(q, k, v, False, dropout_p, seed)
 
 
-def attention_flash_causal(q, k, v):
-    """attention_flash with key j > query i masked."""
+def attention_flash_causal(q, k, v, *, dropout_p=0.0, seed=None):
+    """attention_flash with key j > query i masked (dropout as there)."""
     _check_flash("attention_flash_causal", q, k, v)
-    return _FlashAttention.apply(q, k, v, True)
+    dropout_p, seed = _check_dropout("attention_flash_causal", dropout_p, seed)
+    return _FlashAttention.apply(q, k, v, True, dropout_p, seed)

@@ -1,6 +1,7 @@
 """The attention family: flash forward, its log-sum-exp statistics and its backward
 against float64 references; attention_tc (f16, P rounded to f16) and its backward;
-multi-head leading dims in one launch; CausalSelfAttention's kernel paths; bad input.
+multi-head leading dims in one launch; CausalSelfAttention's kernel paths; bad input;
+flash attention dropout (mask: reference.dropout_keep, the kernels' Philox-4x32-7).
 On CUDA every new buffer is poisoned before a kernel writes it."""
 import math
 
@@ -154,3 +155,179 @@ def test_bad_input(device):
         mg.ops.attention_tc_causal(f(4, 8).half(), f(5, 8).half(), f(6, 8).half())
     with pytest.raises(TypeError, match=r"attention_tc: v must be float16, got float32"):
         mg.ops.attention_tc(f(4, 8).half(), f(5, 8).half(), f(5, 8))
+
+
+# ------------------------------------------------------------- attention dropout --
+def ref_dropout64(q, k, v, do, causal, keep, p):
+    """float64 attention with probability dropout (mask `keep`) and the analytic
+    gradients of sum(out * do): (out, lse, dq, dk, dv)."""
+    _, lse, prob = ref_attention64(q, k, v, causal)
+    q, k, v, do = (x.astype(np.float64) for x in (q, k, v, do))
+    pm = np.where(keep, prob / (1 - p), 0.0)
+    out = pm @ v
+    scale = 1 / math.sqrt(q.shape[-1])
+    dv = np.swapaxes(pm, -1, -2) @ do
+    dp = np.where(keep, (do @ np.swapaxes(v, -1, -2)) / (1 - p), 0.0)
+    ds = prob * (dp - (do * out).sum(-1, keepdims=True))
+    return out, lse, ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, dv
+
+
+def _philox7_scalar(c0, c1, c2, seed):
+    """Philox-4x32-7 in plain Python integers: an independent check of the vectorised one."""
+    c3, k0, k1, m = 0, seed & 0xFFFFFFFF, seed >> 32, 0xFFFFFFFF
+    for _ in range(7):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & m, (p0 >> 32) ^ c3 ^ k1, p0 & m
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return c0, c1, c2, c3
+
+
+def test_dropout_mask_definition():
+    """Element (b, i, j) from the Philox call of counter (j & ~24, i & ~16, b): word
+    2*bit4(i) + bit4(j), 16-bit half bit3(j); kept iff u16 >= ceil(65536 p)."""
+    seed, p, s = 0x0123456789ABCDEF, 0.3, 70
+    keep = reference.dropout_keep(seed, (2, 3), s, p)
+    assert keep.shape == (2, 3, s, s) and keep.dtype == bool
+    flat = keep.reshape(6, s, s)
+    thr = math.ceil(p * 65536)
+    for b, i, j in [(0, 0, 0), (5, 69, 69), (3, 17, 9), (1, 16, 24), (2, 40, 63), (4, 33, 8)]:
+        words = _philox7_scalar(j & ~24, i & ~16, b, seed)
+        u = (words[2 * ((i >> 4) & 1) + ((j >> 4) & 1)] >> (16 * ((j >> 3) & 1))) & 0xFFFF
+        assert flat[b, i, j] == (u >= thr), (b, i, j)
+    # a pure function of (seed, b, i, j): the same on a smaller S, other seeds differ
+    np.testing.assert_array_equal(reference.dropout_keep(seed, (2, 3), 33, p),
+                                  keep[..., :33, :33])
+    assert (reference.dropout_keep(seed + 1, (2, 3), s, p) != keep).mean() > 0.3
+    assert (flat[0] != flat[1]).mean() > 0.3
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+def test_dropout_keep_fraction(p):
+    keep = reference.dropout_keep(12345, (4,), 700, p)
+    assert abs(keep.mean() - (1 - p)) < 3e-3
+    # no structure along rows, columns or the 8-element groups of one Philox call
+    for axis in (-1, -2):
+        assert np.abs(keep.mean(axis) - (1 - p)).max() < 0.1
+    assert abs(keep[:, ::16, ::8].mean() - (1 - p)) < 1e-2
+
+
+DROP_CASES = [(s, d) for s in (1, 17, 255) for d in (16, 64, 100, 128)] + \
+    [(64, 256), (255, 256)] + [(1024, d) for d in (16, 64, 100, 128, 256)]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("s,d", DROP_CASES, ids=lambda v: str(v))
+def test_flash_dropout_forward_stats_and_backward(s, d, causal, poisoned_device, rng):
+    if poisoned_device == "cpu" and s > 255:
+        pytest.skip("the CPU path is the NumPy reference; S = 1024 adds nothing there")
+    p, seed = 0.2 if s % 2 else 0.5, 987654321 + s + d
+    shape = ((2, 3) if s <= 255 else (2,)) + (s, d)
+    q, k, v, do = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    keep = reference.dropout_keep(seed, shape[:-2], s, p)
+    ref_out, ref_lse, *ref_grads = ref_dropout64(q, k, v, do, causal, keep, p)
+    qt, kt, vt = (Tensor(x, device=poisoned_device, requires_grad=True) for x in (q, k, v))
+    op = mg.ops.attention_flash_causal if causal else mg.ops.attention_flash
+    out = op(qt, kt, vt, dropout_p=p, seed=seed)
+    out_s, lse = mg.ops.attention_flash_with_stats(qt.detach(), kt.detach(), vt.detach(),
+                                                   causal, dropout_p=p, seed=seed)
+    close(out.numpy(), ref_out)
+    assert np.array_equal(out.numpy(), out_s.numpy()), "stats forward must give the same out"
+    assert np.abs(lse.numpy() - ref_lse).max() < 1e-5
+    _, lse0 = mg.ops.attention_flash_with_stats(qt.detach(), kt.detach(), vt.detach(), causal)
+    assert np.array_equal(lse.numpy(), lse0.numpy()), "L does not depend on dropout"
+    (out * Tensor(do, device=poisoned_device)).sum().backward()
+    for got, ref in zip((qt.grad, kt.grad, vt.grad), ref_grads):
+        close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
+
+
+def test_flash_dropout_gradcheck():
+    """Finite differences of the dropout forward (fixed seed) against its backward, on
+    the CPU path (float64 in, the f32 op inside: eps and tolerances sized for f32)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (Tensor(rng.standard_normal((2, 19, 6)), dtype=mg.float64, requires_grad=True)
+               for _ in range(3))
+    for op in (mg.ops.attention_flash, mg.ops.attention_flash_causal):
+        fn = lambda q, k, v: op(q.float(), k.float(), v.float(), dropout_p=0.3, seed=42)  # noqa
+        assert mg.gradcheck(fn, [q, k, v], eps=1e-3, atol=2e-3, rtol=2e-2)
+
+
+def test_flash_dropout_p0_is_identical(rng):
+    q, k, v, do = (rng.standard_normal((2, 3, 33, 16)).astype(np.float32) for _ in range(4))
+    res = []
+    for kw in ({}, {"dropout_p": 0.0, "seed": 5}, {"dropout_p": 0}):
+        qt, kt, vt = (Tensor(x, requires_grad=True) for x in (q, k, v))
+        out = mg.ops.attention_flash_causal(qt, kt, vt, **kw)
+        (out * Tensor(do)).sum().backward()
+        res.append([out.numpy(), qt.grad.numpy(), kt.grad.numpy(), vt.grad.numpy()])
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_flash_dropout_seed_from_generator(rng):
+    q, k, v = (Tensor(rng.standard_normal((2, 40, 8)).astype(np.float32)) for _ in range(3))
+    outs = []
+    for seed in (1, 1, 2):
+        mg.manual_seed(seed)
+        outs.append([mg.ops.attention_flash(q, k, v, dropout_p=0.25).numpy() for _ in range(2)])
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    assert not np.array_equal(outs[0][0], outs[0][1]), "each call draws a new seed"
+    assert not np.array_equal(outs[0][0], outs[2][0])
+    plain = mg.ops.attention_flash(q, k, v).numpy()
+    # E[out] = out without dropout: the mean over many masks approaches it
+    mean = np.mean([mg.ops.attention_flash(q, k, v, dropout_p=0.25).numpy()
+                    for _ in range(200)], axis=0)
+    assert np.abs(mean - plain).mean() < 0.05 * np.abs(plain).mean() + 0.02
+
+
+def test_flash_dropout_bad_args():
+    f = lambda: Tensor.randn(2, 8, 16)                                   # noqa: E731
+    with pytest.raises(ValueError, match=r"attention_flash: dropout_p must be a number in"):
+        mg.ops.attention_flash(f(), f(), f(), dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"attention_flash_causal: dropout_p must be"):
+        mg.ops.attention_flash_causal(f(), f(), f(), dropout_p=-0.1)
+    with pytest.raises(ValueError, match=r"seed must be an integer"):
+        mg.ops.attention_flash(f(), f(), f(), dropout_p=0.1, seed=-1)
+
+
+def test_attention_dropout_impls():
+    """attention(): "flash" takes dropout on any device, "tc" refuses it, eval mode and
+    p = 0 are the plain op; "auto" on the CPU composes."""
+    from minigrad.nn.transformer import attention
+    rng = np.random.default_rng(3)
+    q, k, v = (Tensor(rng.standard_normal((2, 2, 9, 8)).astype(np.float32)) for _ in range(3))
+    plain = attention(q, k, v, impl="flash").numpy()
+    assert np.array_equal(attention(q, k, v, dropout_p=0.2, training=False, impl="flash")
+                          .numpy(), plain)
+    mg.manual_seed(4)
+    a = attention(q, k, v, dropout_p=0.2, training=True, impl="flash").numpy()
+    mg.manual_seed(4)
+    b = mg.ops.attention_flash_causal(q, k, v, dropout_p=0.2).numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, plain)
+    with pytest.raises(ValueError, match="impl='tc' has no attention dropout"):
+        attention(q, k, v, dropout_p=0.2, training=True, impl="tc")
+
+
+def _attn_grads(dev, impl, dropout, x):
+    mg.manual_seed(3)
+    attn = mg.nn.CausalSelfAttention(48, 4, dropout=dropout, impl=impl).to(dev)
+    attn.resid_dropout.p = 0.0         # Tensor.dropout draws device-specific masks
+    for lin in (attn.c_attn, attn.c_proj):
+        lin.compute = "float32"
+    xt = Tensor(x, device=dev, requires_grad=True)
+    y = attn(xt)
+    (y ** 2).mean().backward()
+    return [y.numpy(), xt.grad.numpy()] + [p.grad.numpy() for p in attn.parameters()]
+
+
+@pytest.mark.cuda
+def test_self_attention_dropout_step_matches_cpu(rng):
+    """A training step of CausalSelfAttention with attention dropout on the GPU ("auto":
+    the flash kernels) gives the CPU's (flash reference, the same mask)."""
+    x = rng.standard_normal((2, 37, 48)).astype(np.float32)
+    cpu = _attn_grads("cpu", "flash", 0.2, x)
+    gpu = _attn_grads("cuda", "auto", 0.2, x)
+    for a, b in zip(cpu, gpu):
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a) + 1e-7
+    nodrop = _attn_grads("cpu", "flash", 0.0, x)
+    assert np.linalg.norm(cpu[0] - nodrop[0]) > 1e-2 * np.linalg.norm(nodrop[0])

@@ -435,5 +435,6 @@ def test_attention_kernel_impls_match_naive(impl, tol):
     np.testing.assert_allclose(outs[1], outs[0], rtol=tol, atol=tol)
     for a, b in zip(grads[0], grads[1]):
         np.testing.assert_allclose(b, a, rtol=10 * tol, atol=10 * tol)
-    with pytest.raises(ValueError, match="no attention dropout"):
-        nn.CausalSelfAttention(16, 2, dropout=0.1, impl=impl)(Tensor(x))
+    if impl == "tc":                    # flash has attention dropout (tests/test_attention.py)
+        with pytest.raises(ValueError, match="no attention dropout"):
+            nn.CausalSelfAttention(16, 2, dropout=0.1, impl=impl)(Tensor(x))

@@ -86,28 +86,86 @@ def attention_tc(q, k, v, causal=False):
     return np.matmul(p.astype(f16).astype(f32), v.astype(f32))
 
 
-def attention_flash_with_stats(q, k, v, causal=False):
-    """f32 attention and L = logsumexp of each row's scaled scores."""
+# Attention dropout of the flash ops (an extension beyond OPS.md): P = softmax(S) as
+# without dropout (L unchanged); keep-mask M_ij = u(seed, b, i, j) >= p with u a 16-bit
+# uniform from Philox-4x32-7 (the mirror of kernels/flash_attention.cu's philox7 and
+# keep_bits, bit-exact); out_i = sum_j P_ij M_ij/(1-p) v_j.  b indexes the flattened
+# leading dims.
+_PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_U32 = np.uint64(0xFFFFFFFF)
+
+
+def _philox4x32_7(c0, c1, c2, seed):
+    """Philox-4x32 with 7 rounds of counter (c0, c1, c2, 0) (broadcast uint32 arrays) under
+    key (seed low, seed high); returns the four uint32 output words."""
+    c0, c1, c2 = (np.asarray(c, dtype=np.uint64) for c in np.broadcast_arrays(c0, c1, c2))
+    c3 = np.zeros_like(c0)
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    for _ in range(7):
+        p0, p1 = _PHILOX_M0 * c0, _PHILOX_M1 * c2                   # exact in 64 bits
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _U32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _U32)
+        k0, k1 = (k0 + _PHILOX_W0) & 0xFFFFFFFF, (k1 + _PHILOX_W1) & 0xFFFFFFFF
+    return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
+
+
+def dropout_threshold(p):
+    """Element kept iff its 16-bit uniform u16 >= thr: u16 / 65536 >= p."""
+    return min(math.ceil(p * 65536), 65536)
+
+
+def dropout_keep(seed, lead, s, p):
+    """bool keep-mask [*lead, S, S] of attention dropout with probability p, as the kernels
+    make it: one Philox call per counter (j & ~24, i & ~16, b) gives the 8 elements
+    {i, i|16} x {j, j|8, j|16, j|24}; word 2*bit4(i) + bit4(j), low 16 bits if bit3(j) = 0."""
+    nb = math.prod(lead)
+    idx = np.arange(s, dtype=np.int64)
+    grow, ri = np.unique(idx & ~16, return_inverse=True)
+    gcol, ci = np.unique(idx & ~24, return_inverse=True)
+    words = np.stack(_philox4x32_7(gcol[None, None, :], grow[None, :, None],
+                                   np.arange(nb, dtype=np.int64)[:, None, None], int(seed)),
+                     -1)                                                   # [B, R, C, 4]
+    w = 2 * ((idx >> 4) & 1)[:, None] + ((idx >> 4) & 1)[None, :]
+    half = (16 * ((idx >> 3) & 1)).astype(np.uint32)[None, :]
+    u = (words[:, ri[:, None], ci[None, :], w] >> half) & np.uint32(0xFFFF)  # [B, S, S]
+    return (u >= dropout_threshold(p)).reshape(tuple(lead) + (s, s))
+
+
+def attention_flash_with_stats(q, k, v, causal=False, dropout_p=0.0, seed=0):
+    """f32 attention and L = logsumexp of each row's scaled scores (L without dropout)."""
     s = _scores(q, k, causal)
     m = s.max(-1, keepdims=True)
     e = np.exp(s - m)
     l_sum = e.sum(-1, keepdims=True)
-    out = np.matmul(e / l_sum, v).astype(f32)
+    p = e / l_sum
+    if dropout_p > 0:
+        keep = dropout_keep(seed, q.shape[:-2], q.shape[-2], dropout_p)
+        p = np.where(keep, p * (1 / (1 - dropout_p)), 0)
+    out = np.matmul(p, v).astype(f32)
     return out, (m + np.log(l_sum))[..., 0].astype(f32)
 
 
-def attention_flash(q, k, v, causal=False):
-    return attention_flash_with_stats(q, k, v, causal)[0]
+def attention_flash(q, k, v, causal=False, dropout_p=0.0, seed=0):
+    return attention_flash_with_stats(q, k, v, causal, dropout_p, seed)[0]
 
 
-def attention_flash_backward(q, k, v, o, do, lse, causal=False):
-    """The FlashAttention-2 backward formulas of OPS.md, returns (dq, dk, dv)."""
+def attention_flash_backward(q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=0):
+    """The FlashAttention-2 backward formulas of OPS.md, returns (dq, dk, dv). With
+    dropout: dV = (P M/(1-p))^T dO, dP = M/(1-p) (dO V^T), dS = P (dP - D)."""
     scale = f32(1 / math.sqrt(q.shape[-1]))
     s = _scores(q, k, causal)
     p = np.exp(s - lse[..., None])                         # masked entries: exp(-inf) = 0
     d = (do * o).sum(-1, keepdims=True)                    # preprocess
-    dv = np.matmul(np.swapaxes(p, -1, -2), do)
-    ds = p * (np.matmul(do, np.swapaxes(v, -1, -2)) - d)
+    dp = np.matmul(do, np.swapaxes(v, -1, -2))
+    pd = p
+    if dropout_p > 0:
+        keep = dropout_keep(seed, q.shape[:-2], q.shape[-2], dropout_p)
+        rp = 1 / (1 - dropout_p)
+        pd = np.where(keep, p * rp, 0)
+        dp = np.where(keep, dp * rp, 0)
+    dv = np.matmul(np.swapaxes(pd, -1, -2), do)
+    ds = p * (dp - d)
     dk = scale * np.matmul(np.swapaxes(ds, -1, -2), q)
     dq = scale * np.matmul(ds, k)
     return dq.astype(f32), dk.astype(f32), dv.astype(f32)

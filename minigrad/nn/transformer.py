@@ -41,11 +41,11 @@ def naive_attention(q, k, v, causal=True, dropout_p=0.0, training=False) -> Tens
     return att @ v
 
 
-def _kernel_attention(q, k, v, causal, impl):
+def _kernel_attention(q, k, v, causal, impl, dropout_p=0.0):
     from .. import ops
     if impl == "flash":
         fn = ops.attention_flash_causal if causal else ops.attention_flash
-        return fn(q.float(), k.float(), v.float()).cast(q.dtype)
+        return fn(q.float(), k.float(), v.float(), dropout_p=dropout_p).cast(q.dtype)
     fn = ops.attention_tc_causal if causal else ops.attention_tc
     return fn(q.half(), k.half(), v.half()).cast(q.dtype)
 
@@ -54,19 +54,26 @@ ATTENTION_IMPLS = ("auto", "naive", "flash", "tc")
 
 
 def attention(q, k, v, causal=True, dropout_p=0.0, training=False, impl="auto") -> Tensor:
-    """Scaled dot-product attention of q, k, v shaped [..., T, head_size].
-    impl="auto" is the flash kernel on CUDA and the composed ops on the CPU; the kernels
-    have no attention dropout, so while training with dropout_p > 0 "auto" composes."""
+    """Scaled dot-product attention of q, k, v shaped [..., T, head_size], with dropout
+    of the attention probabilities (probability dropout_p) while `training`.
+
+    impl="auto" is the flash kernel on CUDA (also while training with dropout: the flash
+    ops take dropout_p, their mask drawn from minigrad's generator, mg.manual_seed) and
+    the composed ops on the CPU; "flash" runs the flash ops on any device (the CPU runs
+    their NumPy reference); "tc" (f16 tensor-core attention) has no dropout and raises
+    while training with dropout_p > 0. Flash dropout and the composed ops' dropout keep
+    each probability with the same chance 1-p, but they draw different masks."""
+    drop = dropout_p if training else 0.0
     if impl == "auto":
-        impl = "flash" if q.device == "cuda" and not (training and dropout_p > 0) else "naive"
+        impl = "flash" if q.device == "cuda" and drop < 1 else "naive"
     if impl == "naive":
         return naive_attention(q, k, v, causal, dropout_p, training)
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention: impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    if training and dropout_p > 0:
-        raise ValueError(f"attention: impl={impl!r} has no attention dropout; use "
-                         f"dropout=0.0 or impl='naive'")
-    return _kernel_attention(q, k, v, causal, impl)
+    if impl == "tc" and drop > 0:
+        raise ValueError("attention: impl='tc' has no attention dropout; use dropout=0.0 or "
+                         "impl='flash' or 'naive'")
+    return _kernel_attention(q, k, v, causal, impl, drop)
 
 
 class CausalSelfAttention(Module):
@@ -140,7 +147,7 @@ class GPT(Module):
     0.02/sqrt(2 * n_layer))."""
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int,
-                 n_embd: int, dropout: float = 0.0, bias: bool = True, impl: str = "naive"):
+                 n_embd: int, dropout: float = 0.0, bias: bool = True, impl: str = "auto"):
         for name, value in (("vocab_size", vocab_size), ("block_size", block_size),
                             ("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
             if not isinstance(value, (int, np.integer)) or value <= 0:

@@ -6,6 +6,11 @@ which keeps NVRTC's time per compile short. Grids, block sizes and the dynamic
 shared-memory bytes below are the launch tables of the kernel files' headers.
 Inputs are made dense [B, S, D] (B = all leading dims); every op is one launch for
 all B slices (the backward: preprocess, dK/dV pass, dQ pass).
+
+Attention dropout (dropout_p > 0, a seed): the `_dropout` kernels of the same file, which
+take one struct fa::DropArgs after the usual arguments (the 14 Philox round keys of the
+seed, the keep threshold, f32 1/(1-p): 16 words "I"*15 + "f"); they are compiled with
+-DFA_DROPOUT=1 (the dropout kernels only), the others with -DFA_DROPOUT=0.
 """
 from __future__ import annotations
 
@@ -42,7 +47,29 @@ def _scale(d):
     return float(np.float32(1 / math.sqrt(d)))
 
 
-def flash_forward(be, q, k, v, causal=False, with_stats=False):
+def _drop(dropout_p, seed):
+    """(entry-name suffix, extra argument format, extra arguments, defines) of dropout."""
+    if not dropout_p:
+        return "", "", [], {"FA_DROPOUT": 0}
+    from ..reference import dropout_threshold
+    lo, hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    keys = []
+    for r in range(7):                           # round keys, as reference._philox4x32_7
+        keys += [(lo + r * 0x9E3779B9) & 0xFFFFFFFF, (hi + r * 0xBB67AE85) & 0xFFFFFFFF]
+    return ("_dropout", "I" * 15 + "f",
+            keys + [dropout_threshold(dropout_p), float(np.float32(1 / (1 - dropout_p)))],
+            {"FA_DROPOUT": 1})
+
+
+def _ffn(be, entry, fmt, smem, dp, defines):
+    fn = be.function("flash_attention.cu", entry, fmt, {"FA_ONLY_DP": dp, **defines})
+    if smem > 48 * 1024 and not getattr(fn, "mg_smem_raised", False):
+        runtime.set_max_dynamic_shared(fn, smem)
+        fn.mg_smem_raised = True
+    return fn
+
+
+def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, seed=None):
     q, k, v = be._dense(q), be._dense(k), be._dense(v)
     *lead, s, d = q.shape
     b = math.prod(lead)
@@ -52,15 +79,15 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False):
         dp = _dp(d)
         bc, smem = FWD[dp]
         c = "_causal" if causal else ""
-        fn = _fn(be, "flash_attention.cu", f"flash_attention_fwd{c}_d{dp}", "PPPPPiiif", smem,
-                 "FA_ONLY_DP", dp)
+        sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
+        fn = _ffn(be, f"flash_attention_fwd{c}{sfx}_d{dp}", "PPPPPiiif" + dfmt, smem, dp, defs)
         runtime.launch(fn, math.ceil(s / ROWS) * b, 128,
                        [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
-                        b, s, d, _scale(d)], smem)
+                        b, s, d, _scale(d)] + dargs, smem)
     return (out, lse) if with_stats else out
 
 
-def flash_backward(be, q, k, v, o, do, lse, causal=False):
+def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=None):
     q, k, v, o, do, lse = (be._dense(x) for x in (q, k, v, o, do, lse))
     *lead, s, d = q.shape
     b = math.prod(lead)
@@ -69,19 +96,20 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False):
         return dq, dk, dv
     dp, c, scale = _dp(d), "_causal" if causal else "", _scale(d)
     dd = be.empty(q.shape[:-1], float32)
-    pre = _fn(be, "flash_attention.cu", "flash_attention_bwd_preprocess", "PPPqi", 0,
-              "FA_ONLY_DP", dp)
+    sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
+    pre = _ffn(be, "flash_attention_bwd_preprocess", "PPPqi", 0, dp, defs)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
     bck, smem = DKDV[dp]
-    fn = _fn(be, "flash_attention.cu", f"flash_attention_bwd_dkdv{c}_d{dp}", "PPPPPPPPiiif",
-             smem, "FA_ONLY_DP", dp)
+    fn = _ffn(be, f"flash_attention_bwd_dkdv{c}{sfx}_d{dp}", "PPPPPPPPiiif" + dfmt, smem, dp,
+              defs)
     runtime.launch(fn, math.ceil(s / bck) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
-                                                     dd.ptr, dk.ptr, dv.ptr, b, s, d, scale],
-                   smem)
-    fn = _fn(be, "flash_attention.cu", f"flash_attention_bwd_dq{c}_d{dp}", "PPPPPPPiiif",
-             DQ[dp], "FA_ONLY_DP", dp)
+                                                     dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
+                   + dargs, smem)
+    fn = _ffn(be, f"flash_attention_bwd_dq{c}{sfx}_d{dp}", "PPPPPPPiiif" + dfmt, DQ[dp], dp,
+              defs)
     runtime.launch(fn, math.ceil(s / ROWS) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
-                                                      dd.ptr, dq.ptr, b, s, d, scale], DQ[dp])
+                                                      dd.ptr, dq.ptr, b, s, d, scale] + dargs,
+                   DQ[dp])
     return dq, dk, dv
 
 
@@ -105,12 +133,13 @@ def attention_tc(be, q, k, v, causal=False):
 
 def register(be):
     be.kernels.update({
-        "attention_flash": lambda q, k, v, causal=False: flash_forward(be, q, k, v, causal),
-        "attention_flash_with_stats":
-            lambda q, k, v, causal=False: flash_forward(be, q, k, v, causal, True),
+        "attention_flash": lambda q, k, v, causal=False, dropout_p=0.0, seed=None:
+            flash_forward(be, q, k, v, causal, False, dropout_p, seed),
+        "attention_flash_with_stats": lambda q, k, v, causal=False, dropout_p=0.0, seed=None:
+            flash_forward(be, q, k, v, causal, True, dropout_p, seed),
         "attention_flash_backward":
-            lambda q, k, v, o, do, lse, causal=False: flash_backward(be, q, k, v, o, do, lse,
-                                                                     causal),
+            lambda q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=None:
+            flash_backward(be, q, k, v, o, do, lse, causal, dropout_p, seed),
         "attention_tc": lambda q, k, v: attention_tc(be, q, k, v, False),
         "attention_tc_causal": lambda q, k, v: attention_tc(be, q, k, v, True),
     })
