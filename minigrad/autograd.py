@@ -15,11 +15,15 @@ import contextlib
 import functools
 import threading
 
-_state = threading.local()
+class _State(threading.local):
+    grad_enabled = True     # a class default: reading it is fast in every thread
+
+
+_state = _State()
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "grad_enabled", True)
+    return _state.grad_enabled
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -52,7 +56,7 @@ class Function:
 
     def __init__(self, parents):
         self.parents = parents
-        self.needs_input_grad = tuple(getattr(p, "requires_grad", False) for p in parents)
+        self.needs_input_grad = tuple([getattr(p, "requires_grad", False) for p in parents])
         self.saved_tensors = ()
 
     def save_for_backward(self, *tensors):
@@ -69,7 +73,7 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = cls(args)
-        if not (any(ctx.needs_input_grad) and is_grad_enabled()):
+        if not (any(ctx.needs_input_grad) and _state.grad_enabled):
             # nothing will flow back: no graph to record, nothing to keep alive
             ctx.parents = ()
             return cls.forward(ctx, *args, **kwargs)

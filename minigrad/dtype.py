@@ -15,9 +15,9 @@ class DType:
     rank: int          # position in the promotion order
     np: type           # the NumPy scalar type that stores it
 
-    @property
-    def is_float(self) -> bool:
-        return self.kind == "f"
+    def __post_init__(self):
+        # a plain attribute, not a property: it is read several times per op
+        object.__setattr__(self, "is_float", self.kind == "f")
 
     def __repr__(self) -> str:
         return f"minigrad.{self.name}"

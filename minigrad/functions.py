@@ -13,11 +13,11 @@ from .autograd import Function
 
 
 def _node(op, arg, srcs, shape=None, dtype=None):
-    first = srcs[0]
+    first = srcs[0].lazydata
     lb = lazy.node(op, arg, [s.lazydata for s in srcs],
                    first.shape if shape is None else shape,
                    first.dtype if dtype is None else dtype, first.device)
-    return type(first)._from_lazy(lb)
+    return type(srcs[0])._from_lazy(lb)
 
 
 def _keep(t):

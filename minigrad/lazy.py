@@ -8,19 +8,30 @@ each node's backend to run it (`backend.<op>(*arg, *source_buffers)`).
 Once a node has run it keeps its buffer and forgets its sources, so the graph
 behind it can be freed: memory stays flat over a training loop.
 
+Elementwise fusion: before a schedule runs, `fuse()` folds chains of elementwise
+nodes (unary, binary, where, cast) into one `fused` node each, so e.g. gelu's
+mul/add/tanh chain is one kernel launch instead of eight. A node is folded into its
+user only when nothing else can ever read it (see `fuse`).
+
 Environment: LAZY=0 runs every node as soon as it is built (handy in a debugger);
+FUSE=0 turns elementwise fusion off (every node runs on its own, as unfused);
 DEBUG=1 prints a line per schedule, DEBUG=2 a line per op run with its time,
 DEBUG=3 also prints each schedule's nodes before running them.
 """
 from __future__ import annotations
 
+import collections
 import os
+import sys
 import time
 
 from .device import get_backend
 
 LAZY = os.environ.get("LAZY", "1") != "0"
 DEBUG = int(os.environ.get("DEBUG", "0") or 0)
+FUSE = os.environ.get("FUSE", "1") != "0"
+MAX_FUSED_OPS = 32        # longer elementwise chains are split over several kernels
+ELEMENTWISE = ("unary", "binary", "where", "cast")
 
 
 class LazyBuffer:
@@ -41,7 +52,17 @@ class LazyBuffer:
             return f"{self.op}:{self.arg[0]}"
         if self.op == "kernel":
             return f"kernel:{self.arg[0]}"
+        if self.op == "fused":
+            return "fused:" + "+".join(_tree_ops(self.arg[0]))
         return self.op
+
+
+def _tree_ops(tree) -> list:
+    """The op names of a fused tree in the order they are computed."""
+    if isinstance(tree, int):
+        return []
+    op, arg, _, *kids = tree
+    return [o for k in kids for o in _tree_ops(k)] + [arg[0] if op in ("unary", "binary") else op]
 
 
 def node(op, arg, srcs, shape, dtype, device) -> LazyBuffer:
@@ -75,6 +96,73 @@ def schedule(roots) -> list:
     return order
 
 
+def _refcounts(nodes) -> list:
+    return [sys.getrefcount(x) for x in nodes]
+
+
+_OWN_REFS = _refcounts([object()])[0]   # the references _refcounts itself adds
+
+
+def fuse(order: list, roots) -> list:
+    """Elementwise fusion of a schedule; returns the schedule to run.
+
+    An elementwise node is *inlined* into its user when
+      * it is not a root (the caller asked for its buffer),
+      * it is used once in this schedule, by an elementwise node (so of the same
+        shape and device: the backend contract), and
+      * nothing else references it: no Tensor, autograd context, optimizer or
+        unscheduled node, which could read it later (`sys.getrefcount` tells).
+    A node that is not inlined but has inlined sources becomes the root of a group:
+    op "fused", arg (tree,), srcs the group's inputs. A tree is `(op, arg, dtype,
+    *children)` copied from the nodes (e.g. ("binary", ("mul",), float32, 0, 1)), a
+    child either a tree or the index of an input. Trees hold no buffers, so they are
+    hashable and a backend can cache one kernel per tree structure."""
+    # (no loop variable of this function may hold a node while the references are counted)
+    uses = collections.Counter(id(s) for lb in order for s in lb.srcs)
+    refs = _refcounts(order)
+    free = {id(lb) for lb, r in zip(order, refs)              # referenced only by its user
+            if lb.op in ELEMENTWISE and uses.get(id(lb)) == 1 and r - _OWN_REFS == 1}
+    free -= {id(r) for r in roots}
+    out, waiting = [], {}     # waiting: id(inlined node) -> (its tree, op count)
+    for lb in order:
+        kids = [waiting.pop(id(s), None) for s in lb.srcs]
+        n = 1 + sum(k[1] for k in kids if k)
+        if lb.op not in ELEMENTWISE or n > MAX_FUSED_OPS:   # the sources run on their own
+            out += [_group(s, k[0]) for s, k in zip(lb.srcs, kids) if k]
+            kids, n = [None] * len(kids), 1
+        if lb.op not in ELEMENTWISE:
+            out.append(lb)
+            continue
+        tree = (lb.op, lb.arg, lb.dtype, *[k[0] if k else s for s, k in zip(lb.srcs, kids)])
+        if id(lb) in free:
+            waiting[id(lb)] = (tree, n)
+        else:
+            out.append(_group(lb, tree))
+    return out
+
+
+def _group(lb: LazyBuffer, tree) -> LazyBuffer:
+    """Turn `lb` into a fused node computing `tree` (whose leaves are LazyBuffers),
+    unless nothing was inlined into it."""
+    if all(isinstance(k, LazyBuffer) for k in tree[3:]):
+        return lb
+    srcs = {}                           # id(input) -> (index, input)
+    lb.op, lb.arg = "fused", (_number(tree, srcs),)
+    lb.srcs = tuple(t for _, t in srcs.values())
+    return lb
+
+
+def _number(t, srcs: dict):
+    """`t` with its LazyBuffer leaves replaced by their index in `srcs` (module level,
+    not a closure: a recursive closure is a reference cycle that would keep the inputs
+    alive until the cyclic GC runs)."""
+    if isinstance(t, LazyBuffer):
+        if id(t) not in srcs:
+            srcs[id(t)] = (len(srcs), t)
+        return srcs[id(t)][0]
+    return (*t[:3], *[_number(k, srcs) for k in t[3:]])
+
+
 def _run(lb: LazyBuffer):
     srcs = [s.realized for s in lb.srcs]
     if lb.op == "select":               # one output of a multi-output kernel
@@ -93,6 +181,11 @@ def realize(*roots: LazyBuffer) -> None:
         order = [s for s in root.srcs if s.realized is None] + [root]
     else:
         order = schedule(roots)
+        if FUSE and order:
+            n = len(order)
+            order = fuse(order, roots)
+            if DEBUG >= 1 and n > len(order):
+                print(f"[minigrad] fused {n} ops into {len(order)}")
     if not order:
         return
     if DEBUG >= 1:

@@ -11,16 +11,28 @@ update divides by zero.
 
 Options live in `opt.param_groups[i]` (a dict per group) and are read at every step,
 so a scheduler changes the learning rate with `opt.param_groups[i]["lr"] = ...`.
+
+AdamW's update of a float32/float16/bfloat16 parameter is ONE graph node (the backend
+op `adamw`: one kernel on CUDA) whose three outputs (p, m, v) are taken with "select"
+nodes, instead of ~19 elementwise nodes; the step's scalars are the node's arguments,
+not part of any kernel source. It does the same float32 operations in the same order
+as the composed graph, so results are bit-identical to it. `AdamW(..., fused=False)`
+(or env MINIGRAD_FUSED_OPTIM=0) builds the composed graph instead; float64 parameters
+always use it.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
+from . import lazy
 from .autograd import no_grad
 from .dtype import float32, float64, int64
 from .tensor import Tensor, realize
+
+FUSED = os.environ.get("MINIGRAD_FUSED_OPTIM", "1") != "0"   # default of AdamW(fused=)
 
 
 class Optimizer:
@@ -67,14 +79,13 @@ class Optimizer:
                     if p.grad is not None:
                         state = self.state.setdefault(id(p), {"step": 0})
                         state["step"] += 1
-                        out.extend(self._update(p, p.grad.detach().cast(_work_dtype(p)),
-                                                group, state))
+                        out.extend(self._update(p, p.grad.detach(), group, state))
         if out:
             realize(*out)
 
     def _update(self, p: Tensor, g: Tensor, group: dict, state: dict) -> list:
-        """Assign p's new value (`g` is in `_work_dtype(p)`); return the Tensors to
-        realize (p and its moments)."""
+        """Assign p's new value (`g` is p's gradient, in any float dtype); return the
+        Tensors to realize (p and its moments)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- state --
@@ -171,6 +182,7 @@ class SGD(Optimizer):
 
     def _update(self, p, g, group, state):
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        g = g.cast(_work_dtype(p))
         w = p.cast(g.dtype)
         if wd:
             g = g + w * wd
@@ -193,10 +205,16 @@ class AdamW(Optimizer):
         v    = beta2 * v + (1 - beta2) * g*g
         p   -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i**step
     written with few ops: m += (g - m)*(1-beta1), v += (g*g - v)*(1-beta2), and
-    p = p*(1 - lr*wd) - m * (lr*sqrt(bc2)/bc1) / (sqrt(v) + eps*sqrt(bc2))."""
+    p = p*(1 - lr*wd) - m * (lr*sqrt(bc2)/bc1) / (sqrt(v) + eps*sqrt(bc2)).
+    The scalars (1 - beta1, 1 - beta2, 1 - lr*wd, lr*sqrt(bc2)/bc1, eps*sqrt(bc2)) are
+    computed in Python float64 and rounded once to float32; the elementwise math is
+    float32 (for float16/bfloat16 parameters too, rounded to p's dtype once at the end).
+    `fused` (default: env MINIGRAD_FUSED_OPTIM, on): one `adamw` graph node per
+    parameter instead of the composed elementwise graph; same results, bit for bit."""
     _moments = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 fused=None):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"AdamW: lr, eps and weight_decay must be >= 0, got "
                              f"{lr}, {eps}, {weight_decay}")
@@ -204,17 +222,35 @@ class AdamW(Optimizer):
             raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
+        self.fused = FUSED if fused is None else bool(fused)   # not an option: not saved
 
     def _update(self, p, g, group, state):
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], \
             group["weight_decay"]
+        work = _work_dtype(p)
         if "exp_avg" not in state:
-            state["exp_avg"] = Tensor.zeros_like(p, dtype=g.dtype)
-            state["exp_avg_sq"] = Tensor.zeros_like(p, dtype=g.dtype)
+            state["exp_avg"] = Tensor.zeros_like(p, dtype=work)
+            state["exp_avg_sq"] = Tensor.zeros_like(p, dtype=work)
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        bc1, bc2_sqrt = 1 - beta1 ** state["step"], math.sqrt(1 - beta2 ** state["step"])
+        if self.fused and work is float32 and g.dtype.itemsize <= 4 and \
+                m.dtype is float32 and v.dtype is float32:
+            # the scalars as the composed graph rounds them (Python float -> float32)
+            f = np.float32
+            consts = tuple(float(f(c)) for c in (
+                1 - beta1, 1 - beta2, 1 - lr * wd if wd else 1.0, lr * bc2_sqrt / bc1,
+                eps * bc2_sqrt))
+            parent = lazy.node("adamw", consts, [p.lazydata, g.lazydata, m.lazydata,
+                                                 v.lazydata], p.shape, p.dtype, p.device)
+            new_p, m, v = (Tensor._from_lazy(lazy.node("select", (i,), [parent], p.shape,
+                                                       dt, p.device))
+                           for i, dt in enumerate((p.dtype, float32, float32)))
+            state["exp_avg"], state["exp_avg_sq"] = m, v
+            p.assign(new_p)
+            return [p, m, v]
+        g = g.cast(work)
         m = state["exp_avg"] = m + (g - m) * (1 - beta1)
         v = state["exp_avg_sq"] = v + (g * g - v) * (1 - beta2)
-        bc1, bc2_sqrt = 1 - beta1 ** state["step"], math.sqrt(1 - beta2 ** state["step"])
         w = p.cast(g.dtype)
         decayed = w * (1 - lr * wd) if wd else w
         p.assign(decayed - m * (lr * bc2_sqrt / bc1) / (v.sqrt() + eps * bc2_sqrt))

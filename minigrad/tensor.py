@@ -31,7 +31,7 @@ def _shape_arg(shape) -> tuple:
     """Accept f(2, 3) and f((2, 3)) alike."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 def _new_shape(shape, name) -> tuple:
@@ -238,7 +238,7 @@ class Tensor:
 
     def cast(self, dtype) -> "Tensor":
         dtype = to_dtype(dtype)
-        return self if dtype == self.dtype else F.Cast.apply(self, dtype)
+        return self if dtype is self.lazydata.dtype else F.Cast.apply(self, dtype)
 
     def float(self): return self.cast(float32)
     def half(self): return self.cast(float16)
@@ -265,11 +265,12 @@ class Tensor:
     def _scalar_dtype(self, value) -> DType:
         """Python scalars do not raise a tensor's dtype: float16 * 2.5 stays float16,
         int * 2.5 becomes float32, bool + 1 becomes int64."""
+        dtype = self.lazydata.dtype
         if isinstance(value, bool):
-            return self.dtype
+            return dtype
         if isinstance(value, int):
-            return self.dtype if self.dtype != bool_ else int64
-        return self.dtype if self.dtype.is_float else float32
+            return dtype if dtype is not bool_ else int64
+        return dtype if dtype.is_float else float32
 
     def _const(self, value, dtype=None, shape=()) -> "Tensor":
         """A Python scalar as a tensor on this one's device."""
@@ -281,24 +282,28 @@ class Tensor:
         if not isinstance(other, Tensor):
             if isinstance(other, (int, float, bool)):     # fast path: no broadcasting
                 dtype = self._scalar_dtype(other)
-                a = self if dtype is self.dtype else self.cast(dtype)
-                return a, Tensor._from_lazy(lazy.node("full", (a.shape, other, dtype), (),
-                                                      a.shape, dtype, a.device))
+                a = self if dtype is self.lazydata.dtype else self.cast(dtype)
+                shape = a.lazydata.shape
+                return a, Tensor._from_lazy(lazy.node("full", (shape, other, dtype), (),
+                                                      shape, dtype, a.lazydata.device))
             else:
                 other = Tensor(other, device=self.device)
-        if other.device != self.device:
+        la, lb = self.lazydata, other.lazydata
+        if lb.device != la.device:
             raise ValueError(f"{name}: operands are on different devices "
                              f"({self.device} and {other.device}); move one with .to()")
+        if la.dtype is lb.dtype and la.shape == lb.shape:   # fast path: nothing to do
+            return self, other
         a, b = self, other
         dtype = promote(a.dtype, b.dtype)
-        shape = broadcast_shape(a.shape, b.shape, name)
+        shape = broadcast_shape(la.shape, lb.shape, name)
         return a.cast(dtype).expand(*shape), b.cast(dtype).expand(*shape)
 
     def _binary(self, fn, other, name, reverse=False, float_only=False):
         a, b = self._pair(other, name)
         if reverse:
             a, b = b, a
-        if float_only and not a.dtype.is_float:
+        if float_only and not a.lazydata.dtype.is_float:
             a, b = a.float(), b.float()
         return fn.apply(a, b)
 
@@ -454,7 +459,10 @@ class Tensor:
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, *shape) -> "Tensor":
-        shape = list(_shape_arg(shape))
+        shape = _shape_arg(shape)
+        if shape == self.lazydata.shape:        # fast path: nothing to do
+            return self
+        shape = list(shape)
         if shape.count(-1) > 1:
             raise ValueError(f"reshape: only one dimension can be -1, got {tuple(shape)}")
         if -1 in shape:
@@ -489,6 +497,8 @@ class Tensor:
 
     def expand(self, *shape) -> "Tensor":
         shape = _shape_arg(shape)
+        if shape == self.lazydata.shape:        # fast path: nothing to do
+            return self
         if len(shape) < self.ndim:
             raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}")
         if any(s == -1 for s in shape[:len(shape) - self.ndim]):

@@ -91,15 +91,75 @@ def _generated():
     cg.elementwise("c0 + (double)i * c1", f32, [], ("double", "double"), 1, False)
     cg.elementwise("c0 + (long long)i * c1", i64, [], ("long long", "long long"), 1, False)
     cg.elementwise("c0", i64, [], ("long long",), 1, False)
+    for d in (f32, f16, bf16):                              # the fused AdamW step
+        cg.adamw(d, d, False)
+    cg.adamw(bf16, f32, True)
 
 
-GENERATED = cg.sources(_generated)
+def _fused_groups():
+    """(tree, input dtypes) of the fused elementwise groups (lazy.fuse) of a few real
+    graphs, built and run on the CPU: gelu in three dtypes, a layernorm, comparisons,
+    where, casts and integer arithmetic."""
+    import numpy as np
+
+    import minigrad as mg
+    from minigrad import lazy
+
+    x, y = (mg.Tensor(np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4) * s,
+                      device="cpu") for s in (1, -0.5))
+    graphs = [x.gelu(), x.half().gelu(), x.bfloat16().gelu(), x.layernorm(),
+              (x > y).where(x.half(), y.half()).float() * 2 - (~(y > 1)).float(),
+              ((x * 10).long() * 3 + (y * 10).int() > 2).where((x * 9).int(), 0),
+              ((x.half() * x.half()).float() + x * y).bfloat16().sigmoid() * 3]
+    groups, run = [], lazy._run
+
+    def record(lb):
+        if lb.op == "fused":
+            groups.append((lb.arg[0], tuple(s.dtype for s in lb.srcs)))
+        return run(lb)
+    lazy._run, fuse = record, lazy.FUSE
+    lazy.FUSE = True
+    try:
+        mg.realize(*graphs)
+    finally:
+        lazy._run, lazy.FUSE = run, fuse
+    return groups
+
+
+FUSED = _fused_groups()
+
+
+def _generated_fused():
+    for k, (tree, in_dts) in enumerate(FUSED):
+        cg.elementwise(cg.fused_expr(tree, in_dts), tree[2], list(in_dts), (), 1 + k % 4,
+                       k % 3 == 0)
+
+
+GENERATED = cg.sources(_generated) + cg.sources(_generated_fused)
+
+
+def test_fused_groups_are_representative():
+    assert len(FUSED) >= 7
+    labels = " ".join(str(t) for t, _ in FUSED)
+    for op in ("tanh", "where", "cast", "sigmoid", "sqrt", "mul"):
+        assert op in labels
+    srcs = " ".join(src for name, src in cg.sources(_generated_fused))
+    assert "__fmul_rn" in srcs and "__float2half_rn" in srcs and "__float2bfloat16_rn" in srcs
+
+
+def test_fused_sources_stand_alone():
+    """Fused kernels include the fp16/bf16 headers their intermediates need, even
+    where no input or output has that dtype."""
+    for name, src in cg.sources(_generated_fused):
+        assert compiler.compile_to_cubin(src, arch="sm_80", name=name, cache=False)[:4] == \
+            b"\x7fELF"
 
 
 def test_generated_set_is_representative():
     assert len(GENERATED) > 100
     names = " ".join(n for n, _ in GENERATED)
-    for prefix in ("mg_ew_", "mg_red_", "mg_argmax_", "mg_mm_", "mg_gather_", "mg_scatter_"):
+    for prefix in ("mg_ew_", "mg_red_", "mg_argmax_", "mg_mm_", "mg_gather_", "mg_scatter_",
+                   "mg_adamw_"):
         assert prefix in names
 
 

@@ -284,3 +284,132 @@ def test_half_precision_params_update_in_float32(dtype):
     # each step rounds p to the half-precision grid once: a few ulps after 5 steps
     ulp = 2.0 ** (-10 if dtype == mg.float16 else -7)
     np.testing.assert_allclose(got, r, rtol=0, atol=5 * ulp * np.abs(r).max())
+
+
+# -- the fused AdamW step (one `adamw` node per parameter) ------------------------------
+
+def _adamw_steps(dtype, shapes, fused, device="cpu", steps=5, seed=0, transpose_grads=False,
+                 **kw):
+    """Parameters and moments (NumPy) after `steps` AdamW steps on fixed random data,
+    with a learning-rate change midway and one parameter skipped at step 2."""
+    rng = np.random.default_rng(seed)
+    params = [Tensor(rng.standard_normal(s).astype(np.float32), dtype=dtype, device=device,
+                     requires_grad=True) for s in shapes]
+    opt = AdamW([{"params": params[:1], "weight_decay": 0.0}, {"params": params[1:]}],
+                fused=fused, **kw)
+    for k in range(steps):
+        if k == 3:
+            opt.param_groups[1]["lr"] *= 0.5
+        for i, (p, s) in enumerate(zip(params, shapes)):
+            g = (rng.standard_normal(s) * 10.0 ** rng.integers(-6, 2)).astype(np.float32)
+            if k == 2 and i == len(params) - 1:
+                p.grad = None
+            elif transpose_grads and len(s) == 2:     # a non-contiguous (permuted) grad
+                p.grad = Tensor(np.ascontiguousarray(g.T), dtype=dtype, device=device).T
+            else:
+                p.grad = Tensor(g, dtype=dtype, device=device)
+        opt.step()
+        opt.zero_grad()
+    out = [p.numpy() for p in params]
+    for p in params:
+        st = opt.state[id(p)]
+        out += [st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()]
+    return out
+
+
+SHAPES = ((1,), (7,), (3, 5), (), (64, 33))
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [mg.float32, mg.float16, mg.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("kw", [dict(), dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6,
+                                             weight_decay=0.1)], ids=["defaults", "custom"])
+def test_fused_adamw_is_bit_identical_to_composed(dtype, kw):
+    fused = _adamw_steps(dtype, SHAPES, True, **kw)
+    composed = _adamw_steps(dtype, SHAPES, False, **kw)
+    for a, b in zip(fused, composed):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    fused_t = _adamw_steps(dtype, SHAPES, True, transpose_grads=True, **kw)
+    for a, b in zip(fused_t, composed):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_fused_adamw_is_one_node_per_parameter(monkeypatch):
+    from minigrad import lazy
+    ps = [Tensor.randn(4, 3, requires_grad=True).realize(),
+          Tensor.randn(3, requires_grad=True).realize()]
+    opt = AdamW(ps, weight_decay=0.1, fused=True)
+    real = lazy._run
+    for first in (True, False):
+        for p in ps:
+            p.grad = Tensor.randn(*p.shape).realize()
+        ops = []
+        monkeypatch.setattr(lazy, "_run", lambda lb: (ops.append(lb.op), real(lb))[1])
+        opt.step()
+        monkeypatch.undo()
+        # per parameter: one adamw node and its three selects (+ the zero moments once)
+        assert sorted(ops) == sorted(["adamw"] * 2 + ["select"] * 6 +
+                                     (["full"] * 4 if first else []))
+
+
+def test_fused_adamw_falls_back_for_float64_and_flag(monkeypatch):
+    import minigrad.optim as optim_module
+    p = Tensor.randn(3, dtype=mg.float64, requires_grad=True)
+    opt = AdamW([p])
+    p.grad = Tensor.randn(3, dtype=mg.float64)
+    opt.step()
+    assert p.dtype == mg.float64 and opt.state[id(p)]["exp_avg"].dtype == mg.float64
+    monkeypatch.setattr(optim_module, "FUSED", False)
+    assert AdamW([p]).fused is False and AdamW([p], fused=True).fused is True
+
+
+def test_fused_adamw_state_dict_resumes_on_composed(tmp_path):
+    # moments written by the fused step are ordinary Tensors: save, load into an
+    # optimizer of the other kind, and continue bit for bit
+    rng = np.random.default_rng(5)
+    init = rng.standard_normal((4, 6)).astype(np.float32)
+    grads = [rng.standard_normal((4, 6)).astype(np.float32) for _ in range(6)]
+
+    def run_steps(p, opt, gs):
+        for g in gs:
+            p.grad = Tensor(g)
+            opt.step()
+            opt.zero_grad()
+
+    p = Tensor(init, requires_grad=True)
+    opt = AdamW([p], lr=1e-2, fused=True)
+    run_steps(p, opt, grads[:3])
+    mg.save(opt.state_dict(), tmp_path / "opt.safetensors")
+    snap = p.numpy()
+    run_steps(p, opt, grads[3:])
+    for fused in (True, False):
+        p2 = Tensor(snap, requires_grad=True)
+        opt2 = AdamW([p2], lr=1e-2, fused=fused)
+        opt2.load_state_dict(mg.load(tmp_path / "opt.safetensors", device="cpu"))
+        run_steps(p2, opt2, grads[3:])
+        np.testing.assert_array_equal(p.numpy(), p2.numpy())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [mg.float32, mg.float16, mg.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+def test_fused_adamw_cuda_matches_cpu(dtype):
+    # the CUDA kernel uses round-to-nearest intrinsics (no FMA contraction), so it is
+    # meant to be bit-identical to the NumPy backend (itself bit-identical to the
+    # composed graph); the 1e-6 relative check first, so a failure shows the size
+    shapes = ((1,), (7,), (1000003,), (33, 65), ())
+    kw = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    cpu = _adamw_steps(dtype, shapes, True, "cpu", **kw)
+    for transpose in (False, True):          # contiguous and permuted gradients
+        gpu = _adamw_steps(dtype, shapes, True, "cuda", transpose_grads=transpose, **kw)
+        for a, b in zip(gpu, cpu):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            err = np.abs(a64 - b64) / np.maximum(np.abs(b64), 1e-12)
+            assert float(err.max(initial=0.0)) <= 1e-6, (a.shape, float(err.max()))
+            np.testing.assert_array_equal(_bits(a), _bits(b))

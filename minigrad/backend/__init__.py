@@ -15,6 +15,9 @@ uses `np.ndarray`, the CUDA backend a device allocation with shape and strides).
                                                (comparisons return bool)
     where(cond, a, b)                          cond bool; a, b same dtype
     cast(dtype, x)
+    fused(tree, *xs)                           a group of the four ops above (lazy.fuse):
+                                               tree = (op, arg, dtype, *children), a
+                                               child a tree or an index into xs
     reduce(op, axes, x)                        op in REDUCE_OPS; keeps reduced axes as 1
     argmax(axis, x)                            int64, keeps the axis as 1
     matmul(a, b)                               (..., M, K) @ (..., K, N), batch dims equal

@@ -109,6 +109,13 @@ class NumpyBackend:
                 x = np.trunc(_f32(x))
             return x.astype(dtype.np)
 
+    def fused(self, tree, *bufs):
+        """A fused elementwise group (lazy.fuse), op by op: results as unfused."""
+        if isinstance(tree, int):
+            return bufs[tree]
+        op, arg, _, *kids = tree
+        return getattr(self, op)(*arg, *[self.fused(k, *bufs) for k in kids])
+
     # -- reductions -----------------------------------------------------------
     def reduce(self, op, axes, x):
         out = _REDUCE[op](_f32(x), axis=axes, keepdims=True)
@@ -160,3 +167,21 @@ class NumpyBackend:
         if name.endswith("_causal"):
             return getattr(reference, name[:-len("_causal")])(*bufs, causal=True, **params)
         return getattr(reference, name)(*bufs, **params)
+
+    # -- fused optimizer step -------------------------------------------------
+    def adamw(self, c1, c2, decay, step, eps, p, g, m, v):
+        """(p', m', v') of one AdamW step in float32: the float32 operations of
+        optim.AdamW's composed graph, in its order (so results are bit-identical):
+        m' = m + (g - m)*c1, v' = v + (g*g - v)*c2,
+        p' = p*decay - (m'*step) / (sqrt(v') + eps), rounded once to p's dtype."""
+        f = np.float32
+        c1, c2, decay, step, eps = f(c1), f(c2), f(decay), f(step), f(eps)
+        g, m, v = _f32(g), m.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
+        with np.errstate(all="ignore"):
+            m = m + (g - m) * c1
+            v = v + (g * g - v) * c2
+            w = _f32(p)
+            if decay != 1:
+                w = w * decay
+            out = w - m * step / (np.sqrt(v) + eps)
+        return out.astype(p.dtype, copy=False), m, v

@@ -29,16 +29,21 @@ _I32 = 2 ** 31 - 1
 POISON = os.environ.get("MINIGRAD_CUDA_POISON") == "1"   # NaN/-1-fill new buffers (tests)
 
 
-_DENSE: dict = {}     # shape -> C-contiguous strides (shapes repeat in a training loop)
+_DENSE: dict = {}     # shape -> (C-contiguous strides, size) (shapes repeat in a training loop)
+
+
+def _dense_layout(shape):
+    """(C-contiguous strides, number of elements) of `shape` (a tuple), cached."""
+    lay = _DENSE.get(shape)
+    if lay is None:
+        if len(_DENSE) > 10000:
+            _DENSE.clear()
+        lay = _DENSE[shape] = (contig_strides(shape), math.prod(shape))
+    return lay
 
 
 def _dense_strides(shape):
-    st = _DENSE.get(shape)
-    if st is None:
-        if len(_DENSE) > 10000:
-            _DENSE.clear()
-        st = _DENSE[shape] = contig_strides(shape)
-    return st
+    return _dense_layout(shape)[0]
 
 
 class CudaBuffer:
@@ -48,11 +53,12 @@ class CudaBuffer:
     def __init__(self, alloc, base, shape: tuple, dtype: DType, strides=None, offset=0):
         self.alloc, self.base, self.dtype, self.shape, self.offset = alloc, base, dtype, shape, offset
         if strides is None:
-            self.strides, self.contig = _dense_strides(shape), True
+            self.strides, self.size = _DENSE.get(shape) or _dense_layout(shape)
+            self.contig = True
         else:
             self.strides = tuple(strides)
             self.contig = is_contig(shape, self.strides)
-        self.size = math.prod(shape)
+            self.size = math.prod(shape)
 
     @property
     def ptr(self) -> int:
@@ -88,6 +94,15 @@ def _shrink(x: CudaBuffer, slices) -> CudaBuffer:
     return x.view(shape, strides, off)
 
 
+def _value_key(value):
+    """A dict key for a constant: the value itself for nonzero, non-NaN Python numbers
+    (equal ones make equal constants), else its repr, which tells -0.0 from 0.0 and
+    is equal to itself for NaN (repr of a float costs ~0.4 us: not for every op)."""
+    if type(value) in (int, float) and value and value == value:
+        return value
+    return repr(value)
+
+
 def _acc_dtype(dt: DType) -> DType:
     return float32 if dt.is_float else int64
 
@@ -99,7 +114,9 @@ class CudaBackend:
         self.kernels = {}            # name -> fn(*bufs, **params): the twelve ops
         self._warned = set()
         self._modules, self._functions = {}, {}
-        self._consts = {}            # (dtype, repr(value)) -> one-element buffer, for `full`
+        self._consts = {}            # (dtype, _value_key(value)) -> one-element buffer, for `full`
+        self._full_views = {}        # (dtype, _value_key(value), shape) -> its stride-0 view
+        self._reduce_plans = {}      # (op, axes, shape, strides, dtypes) -> _reduce_plan()
         self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ndim, ...)
         self.device_name, self.arch = runtime.name, runtime.arch
         ops_matmul.register(self)
@@ -109,7 +126,7 @@ class CudaBackend:
     # -- buffers ------------------------------------------------------------------
     def empty(self, shape, dtype: DType) -> CudaBuffer:
         shape = shape if type(shape) is tuple else tuple(int(d) for d in shape)
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = (_DENSE.get(shape) or _dense_layout(shape))[1] * dtype.itemsize
         a = runtime.alloc(nbytes)
         if POISON:
             runtime.memset(int(a), 0xFF, nbytes)
@@ -188,13 +205,20 @@ class CudaBackend:
     def full(self, shape, value, dtype: DType):
         """A stride-0 view of one element; the elements are cached per value (buffers
         are immutable), so a Python scalar in a loop costs no copy after the first."""
-        key = (dtype, repr(value))                   # repr tells -0.0 from 0.0
-        one = self._consts.get(key)
-        if one is None:
-            if len(self._consts) >= 4096:
-                self._consts.clear()
-            one = self._consts[key] = self.from_numpy(np.array(value, dtype=dtype.np))
-        return CudaBuffer(one.alloc, one.base, tuple(shape), dtype, (0,) * len(shape))
+        shape = tuple(shape)
+        key = (dtype, _value_key(value), shape)
+        view = self._full_views.get(key)             # the view too: it is immutable
+        if view is None:
+            one = self._consts.get(key[:2])
+            if one is None:
+                if len(self._consts) >= 4096:
+                    self._consts.clear()
+                one = self._consts[key[:2]] = self.from_numpy(np.array(value, dtype=dtype.np))
+            if len(self._full_views) >= 4096:
+                self._full_views.clear()
+            view = self._full_views[key] = CudaBuffer(one.alloc, one.base, shape, dtype,
+                                                      (0,) * len(shape))
+        return view
 
     def arange(self, start, stop, step, dtype: DType):
         n = max(0, math.ceil((stop - start) / step))
@@ -225,23 +249,52 @@ class CudaBackend:
     def cast(self, dtype: DType, x):
         return x if dtype is x.dtype else self._new(x.shape, dtype, "a0", [x])
 
+    def fused(self, tree, *xs):
+        """A fused elementwise group (lazy.fuse) as one kernel; tree[2] is its dtype."""
+        expr = cg.fused_expr(tree, tuple(x.dtype for x in xs))
+        return self._new(xs[0].shape, tree[2], expr, xs)
+
     # -- reductions ---------------------------------------------------------------
     def reduce(self, op, axes, x):
         return self._reduce(op, axes, x)
 
     def _reduce(self, op, axes, x, out_dtype=None):
+        out_dt = out_dtype or x.dtype
+        key = (op, axes if type(axes) is int else tuple(axes), x.shape, x.strides, x.dtype,
+               out_dt)
+        plan = self._reduce_plans.get(key)
+        if plan is None:       # shapes repeat in a training loop: plan each layout once
+            if len(self._reduce_plans) >= 4096:
+                self._reduce_plans.clear()
+            plan = self._reduce_plans[key] = self._reduce_plan(op, key[1], x, out_dt)
+        out_shape, how, launch = plan
+        out = self.empty(out_shape, out_dt)
+        if how == "fill":              # NumPy: sum of nothing is 0 (max raises)
+            return self._fill(out, launch)
+        if how == "copy":              # only size-1 axes: a copy (and maybe a cast)
+            return self._copy_into(out, x)
+        fn, grid, threads, S, M, part_dt, ostr, rest = launch
+        dst = out if S == 1 else self.empty((M, S), part_dt)
+        runtime.launch(fn, grid, threads, [dst.ptr, x.ptr, *rest])
+        if S == 1:
+            return out
+        fin = self._reduce(op, (1,), dst, out_dtype=out_dt)    # partials (M, S) -> (M, 1)
+        return fin.view(out_shape, ostr)
+
+    def _reduce_plan(self, op, axes, x, out_dt):
+        """(out_shape, "fill", value) | (out_shape, "copy", None) | (out_shape, "launch",
+        (kernel, grid, block, S, M, partials dtype, out strides, args after the two
+        pointers)) for reducing x (its shape, strides and dtype) over axes."""
         nd = x.ndim
         axes = sorted({a % nd for a in ((axes,) if isinstance(axes, int) else axes)}) \
             if nd else []
-        out_dt = out_dtype or x.dtype
         out_shape = tuple(1 if j in axes else d for j, d in enumerate(x.shape))
-        out = self.empty(out_shape, out_dt)
         R = math.prod(x.shape[j] for j in axes)
-        if x.size == 0:                # NumPy: sum of nothing is 0 (max raises)
-            return self._fill(out, {"sum": 0, "max": -np.inf, "min": np.inf}[op]
-                              if out_dt.is_float else 0)
-        if R == 1:                     # only size-1 axes: a copy (and maybe a cast)
-            return self._copy_into(out, x)
+        if x.size == 0:
+            return out_shape, "fill", ({"sum": 0, "max": -np.inf, "min": np.inf}[op]
+                                       if out_dt.is_float else 0)
+        if R == 1:
+            return out_shape, "copy", None
         outer = [j for j in range(nd) if j not in axes]
         ostr = contig_strides(out_shape)
         odims, (oxs, _) = collapse([x.shape[j] for j in outer],
@@ -256,20 +309,15 @@ class CudaBackend:
         chunk = -(-R // S)
         S = -(-R // chunk)
         part_dt = out_dt if S == 1 else _acc_dtype(x.dtype)
-        dst = out if S == 1 else self.empty((M, S), part_dt)
         idx64 = needs_idx64(max(M * S, R), odims + rdims, [oxs + rxs])
         fn = cg.reduce(op, x.dtype, part_dt, len(odims), len(rdims),
                        "rows" if rows else "cols", idx64)
-        args = [dst.ptr, x.ptr, M, R, S, chunk, *odims[1:], *oxs, *rdims[1:], *rxs]
+        rest = (M, R, S, chunk, *odims[1:], *oxs, *rdims[1:], *rxs)
         if rows:
-            threads = min(_BLOCK, max(32, 1 << (chunk - 1).bit_length()))
-            runtime.launch(fn, M * S, threads, args)
+            grid, threads = M * S, min(_BLOCK, max(32, 1 << (chunk - 1).bit_length()))
         else:
-            runtime.launch(fn, -(-M * S // _BLOCK), _BLOCK, args)
-        if S == 1:
-            return out
-        fin = self._reduce(op, (1,), dst, out_dtype=out_dt)    # partials (M, S) -> (M, 1)
-        return fin.view(out_shape, ostr)
+            grid, threads = -(-M * S // _BLOCK), _BLOCK
+        return out_shape, "launch", (fn, grid, threads, S, M, part_dt, ostr, rest)
 
     def argmax(self, axis, x):
         axis %= x.ndim
@@ -417,3 +465,27 @@ class CudaBackend:
         if isinstance(out, tuple):
             return tuple(self.from_numpy(o) for o in out)
         return self.from_numpy(out)
+
+    # -- fused optimizer step -----------------------------------------------------
+    def adamw(self, c1, c2, decay, step, eps, p, g, m, v):
+        """(p', m', v') of one AdamW step (codegen.adamw) in one kernel; m and v are
+        float32, p' has p's dtype. Inputs that are neither dense nor a broadcast
+        scalar are made dense first."""
+        outs = (self.empty(p.shape, p.dtype), self.empty(p.shape, float32),
+                self.empty(p.shape, float32))
+        n = p.size
+        if n == 0:
+            return outs
+        ins, sts = [], []
+        for x in (p, g, m, v):
+            if x.contig or any(x.strides):
+                x = self._dense(x)
+                sts.append(1)
+            else:
+                sts.append(0)           # stride-0 view of one element (e.g. Tensor.zeros)
+            ins.append(x)
+        fn = cg.adamw(p.dtype, g.dtype, n > _I32)
+        runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
+                       [n, *(o.ptr for o in outs), *(x.ptr for x in ins), *sts,
+                        c1, c2, decay, step, eps])
+        return outs

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 
 from ...dtype import DType
 from . import compiler
@@ -123,10 +124,12 @@ MG_DEV float mg_normal(unsigned long long s, unsigned long long c, unsigned long
 """
 
 
-def _headers_for(dtypes) -> str:
+def _headers_for(dtypes, code: str = "") -> str:
+    """The includes for these dtypes, or for 16-bit conversions in `code` (a fused
+    expression may round intermediates to f16/bf16 that no input or output has)."""
     names = {d.name for d in dtypes}
-    inc = "#include <cuda_fp16.h>\n" if "float16" in names else ""
-    inc += "#include <cuda_bf16.h>\n" if "bfloat16" in names else ""
+    inc = "#include <cuda_fp16.h>\n" if "float16" in names or "half" in code else ""
+    inc += "#include <cuda_bf16.h>\n" if "bfloat16" in names or "bfloat16" in code else ""
     return inc
 
 
@@ -155,6 +158,32 @@ def binary_expr(op: str, dt: DType) -> str:
             "maximum": "mg_max(a0, a1)", "minimum": "mg_min(a0, a1)",
             "lt": "a0 < a1", "le": "a0 <= a1", "gt": "a0 > a1", "ge": "a0 >= a1",
             "eq": "a0 == a1", "ne": "a0 != a1"}[op]
+
+
+@functools.lru_cache(None)
+def fused_expr(tree, in_dts: tuple) -> str:
+    """The C expression of a fused elementwise group (lazy.fuse) over inputs a0..:
+    each node's unary/binary/where/cast expression with its operands substituted,
+    every intermediate rounded to its dtype as storing and loading it would (so f16,
+    bf16, bool and integer intermediates round as in separate kernels), and float
+    multiplies as __fmul_rn, which nvcc never contracts with an add into an FMA (one
+    rounding instead of two): results are bit-identical to the unfused kernels.
+    The root is not rounded here: the kernel rounds it when it stores it."""
+    op, arg, dt, *kids = tree
+    ops = []                            # (C expression in compute type, dtype) per operand
+    for k in kids:
+        if isinstance(k, int):
+            ops.append((f"a{k}", in_dts[k]))
+        else:
+            ops.append((load(k[2], store(k[2], fused_expr(k, in_dts))), k[2]))
+    if op == "unary":
+        e = unary_expr(arg[0], ops[0][1])
+    elif op == "binary":
+        fmul = arg[0] == "mul" and ops[0][1].is_float
+        e = "__fmul_rn(a0, a1)" if fmul else binary_expr(arg[0], ops[0][1])
+    else:
+        e = "a0 ? a1 : a2" if op == "where" else "a0"        # where, cast
+    return re.sub(r"\ba(\d+)\b", lambda m: f"({ops[int(m[1])][0]})", e)
 
 
 # -- building and caching ----------------------------------------------------
@@ -237,7 +266,7 @@ def elementwise(expr: str, out_dt: DType, in_dts, scalar_ctypes, ndim: int, idx6
                                          for k, d in enumerate(in_dts)]
         loop = "#pragma unroll\n    for (int k = 0; k < %d; k++) {\n      %s i = base + k * blockDim.x;\n" \
             "      if (i < n) {\n        %s\n      }\n    }\n" % (UNROLL, u, "%s")
-        src = (_headers_for([out_dt, *in_dts]) + PRELUDE +
+        src = (_headers_for([out_dt, *in_dts], expr) + PRELUDE +
                f'extern "C" __global__ void {fname}({", ".join(params)}) {{\n'
                f"  const {u} step = ({u})gridDim.x * blockDim.x * {UNROLL};\n"
                f"  for ({u} base = ({u})blockIdx.x * blockDim.x * {UNROLL} + threadIdx.x; "
@@ -492,4 +521,45 @@ extern "C" __global__ void {fname}({acc_t}* __restrict__ acc, const {ctype(src_d
 }}
 """
         return src, fname, "PPP" + "qqqq"
+    return _build(key, make)
+
+
+# -- fused optimizer step ----------------------------------------------------------
+def adamw(p_dt: DType, g_dt: DType, idx64: bool):
+    """One AdamW step per element, in float32 (optim.AdamW's fused path):
+        m' = m + (g - m) * c1            v' = v + (g*g - v) * c2
+        p' = p * decay - (m' * step) / (sqrt(v') + eps)    (rounded once to p's dtype)
+    with the same operations in the same order as the composed graph and the NumPy
+    backend. Every operation is an explicit round-to-nearest intrinsic, so nvcc/NVRTC
+    cannot contract a multiply and an add into an FMA (which would round differently
+    from the CPU): results are bit-identical to the NumPy backend.
+    Args: n, p_out, m_out, v_out (dense), p, g, m, v, then each input's stride (1, or 0
+    for a broadcast scalar such as the zeros of the first step), then the scalars
+    c1, c2, decay, step, eps (float32 kernel arguments: one kernel serves every step)."""
+    key = ("adamw", p_dt.name, g_dt.name, idx64)
+
+    def make():
+        u, s, uf, sf = _idx_types(idx64)
+        fname = _name("adamw", key)
+        src = _headers_for([p_dt, g_dt]) + f"""
+extern "C" __global__ void {fname}({u} n, {ctype(p_dt)}* __restrict__ po,
+    float* __restrict__ mo, float* __restrict__ vo, const {ctype(p_dt)}* __restrict__ p,
+    const {ctype(g_dt)}* __restrict__ g, const float* __restrict__ m,
+    const float* __restrict__ v, {s} sp, {s} sg, {s} sm, {s} sv,
+    float c1, float c2, float decay, float step, float eps) {{
+  for ({u} i = ({u})blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += ({u})gridDim.x * blockDim.x) {{
+    {s} k = ({s})i;
+    float w = {load(p_dt, "p[k * sp]")}, gi = {load(g_dt, "g[k * sg]")};
+    float mi = m[k * sm], vi = v[k * sv];
+    mi = __fadd_rn(mi, __fmul_rn(__fsub_rn(gi, mi), c1));
+    vi = __fadd_rn(vi, __fmul_rn(__fsub_rn(__fmul_rn(gi, gi), vi), c2));
+    float upd = __fdiv_rn(__fmul_rn(mi, step), __fadd_rn(__fsqrt_rn(vi), eps));
+    po[i] = {store(p_dt, "__fsub_rn(__fmul_rn(w, decay), upd)")};
+    mo[i] = mi;
+    vo[i] = vi;
+  }}
+}}
+"""
+        return src, fname, uf + "P" * 7 + sf * 4 + "f" * 5
     return _build(key, make)

@@ -72,14 +72,16 @@ atexit.register(_finish_up)
 def alloc(nbytes: int):
     """A device allocation of at least `nbytes` from the pool (freed by GC)."""
     global _peak, _n_allocs
+    nbytes = int(nbytes) or 1
     try:
-        a = pool.allocate(max(int(nbytes), 1))
+        a = pool.allocate(nbytes)
     except drv.MemoryError:
         pool.free_held()   # give cached blocks back to the driver and retry once
-        a = pool.allocate(max(int(nbytes), 1))
+        a = pool.allocate(nbytes)
     _n_allocs += 1
-    if pool.active_bytes > _peak:
-        _peak = pool.active_bytes
+    active = pool.active_bytes
+    if active > _peak:
+        _peak = active
     return a
 
 
