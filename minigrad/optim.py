@@ -77,6 +77,11 @@ class Optimizer:
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
+                        if p.grad.device != p.device or p.grad.shape != p.shape:
+                            raise ValueError(
+                                f"{type(self).__name__}.step: a gradient of shape "
+                                f"{p.grad.shape} on {p.grad.device} for a parameter of shape "
+                                f"{p.shape} on {p.device}; they must match")
                         state = self.state.setdefault(id(p), {"step": 0})
                         state["step"] += 1
                         out.extend(self._update(p, p.grad.detach(), group, state))

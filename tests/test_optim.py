@@ -349,12 +349,29 @@ def test_fused_adamw_is_one_node_per_parameter(monkeypatch):
         for p in ps:
             p.grad = Tensor.randn(*p.shape).realize()
         ops = []
-        monkeypatch.setattr(lazy, "_run", lambda lb: (ops.append(lb.op), real(lb))[1])
-        opt.step()
-        monkeypatch.undo()
+        with monkeypatch.context() as m:    # (undo() would also drop the CPU pin)
+            m.setattr(lazy, "_run", lambda lb: (ops.append(lb.op), real(lb))[1])
+            opt.step()
         # per parameter: one adamw node and its three selects (+ the zero moments once)
         assert sorted(ops) == sorted(["adamw"] * 2 + ["select"] * 6 +
                                      (["full"] * 4 if first else []))
+
+
+def test_step_rejects_a_gradient_of_another_shape_or_device():
+    p = Tensor.randn(3, requires_grad=True)
+    opt = AdamW([p])
+    p.grad = Tensor.randn(4)
+    with pytest.raises(ValueError, match=r"AdamW.step: a gradient of shape \(4,\)"):
+        opt.step()
+
+
+@pytest.mark.cuda
+def test_step_rejects_a_gradient_on_another_device():
+    p = Tensor.randn(3, requires_grad=True, device="cpu")
+    opt = AdamW([p])
+    p.grad = Tensor.randn(3, device="cuda")
+    with pytest.raises(ValueError, match="on cuda for a parameter of shape"):
+        opt.step()
 
 
 def test_fused_adamw_falls_back_for_float64_and_flag(monkeypatch):
