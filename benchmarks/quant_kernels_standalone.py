@@ -43,7 +43,6 @@ import json
 import math
 import os
 import platform
-import struct
 import subprocess
 import sys
 import time
@@ -613,7 +612,6 @@ def run_checks(ks, families, sanitize, seed, log):
 def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
     import torch
     import torch.nn.functional as Fn
-    dev = ks.dev
     tdev = torch.device("cuda")
     flush = torch.ones(512 * 2**20, dtype=torch.uint8, device=tdev)
     flush_sink = torch.zeros((), dtype=torch.int64, device=tdev)
@@ -678,7 +676,7 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
     cp_ms = t_gpu(lambda: dst.copy_(src), n=10)
     copy_bw = 2 * 2**30 / cp_ms / 1e6          # GB/s, bytes read + written
     log(f"# device copy bandwidth {copy_bw:.0f} GB/s ({cp_ms:.3f} ms to copy 1 GiB)")
-    del src, dst
+    src = dst = None   # not `del`: the lambdas above name them (pyflakes)
     rows.append({"name": "copy_bandwidth_GBps", "value": round(copy_bw, 1)})
 
     if "i8" in families or "i8w" in families:
@@ -709,7 +707,7 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
                 ms = t_gpu(lambda: ks.transpose_int8(b_row.data_ptr(), btp.data_ptr(), N, K, K, N), n=10)
                 row("matmul_int8_transpose (one-time)", f"{S}x{S}", ms, "-", None,
                     GBps=round(2 * N * K / ms / 1e6, 1))
-            del a, bt, b_row, c
+            a = bt = b_row = c = None
             torch.cuda.empty_cache()
 
     # the wgmma prefill kernels only where their families are in (i.e. their check did not crash)
@@ -754,7 +752,7 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
                     torch_TFLOPS=round(fl / min(t_t, t_l) / 1e9, 1))
                 best = (kind, ms) if best is None or ms < best[1] else best
             prefill.append((M, N, K, best))
-            del wp, sc, w16, wkn, x, c
+            wp = sc = w16 = wkn = x = c = None
             torch.cuda.empty_cache()
 
     if "qkv4" in families or "qkv8" in families:
@@ -822,7 +820,7 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
                                      0, 0, 0, M, N, K, 1), n=20)
             row(f"matmul_int4_{pkind}", f"M={M} N={N} K={K}", ms, label, tc_ms,
                 f16_TFLOPS=round(fl / tc_ms / 1e9, 1))
-        del x, w16, c
+        x = w16 = c = None
     return rows
 
 
