@@ -73,12 +73,17 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         ctx = cls(args)
-        if not (any(ctx.needs_input_grad) and _state.grad_enabled):
+        if not (_state.grad_enabled and any(ctx.needs_input_grad)):
             # nothing will flow back: no graph to record, nothing to keep alive
             ctx.parents = ()
             return cls.forward(ctx, *args, **kwargs)
-        with _GradMode(False):
+        # forward records no graph of its own (what `with _GradMode(False)` does, without
+        # the context manager's cost on every op: grad mode was on, we just checked)
+        _state.grad_enabled = False
+        try:
             out = cls.forward(ctx, *args, **kwargs)
+        finally:
+            _state.grad_enabled = True
         outs = out if isinstance(out, tuple) else (out,)
         ctx.n_outputs = len(outs)
         for i, o in enumerate(outs):
@@ -128,10 +133,11 @@ def backward(tensor, gradient, retain_graph: bool = False) -> None:
             for parent, g in zip(ctx.parents, in_grads):
                 if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                     continue
-                if g.shape != parent.shape:
+                gl, pl = g.lazydata, parent.lazydata    # (the nodes: cheaper than properties)
+                if gl.shape != pl.shape:
                     raise RuntimeError(f"backward of {type(ctx).__name__}: gradient shape "
                                        f"{g.shape} does not match input shape {parent.shape}")
-                if g.dtype != parent.dtype:
+                if gl.dtype != pl.dtype:
                     g = g.cast(parent.dtype)
                 if parent._ctx is None:      # a leaf: accumulate into .grad
                     parent.grad = g if parent.grad is None else parent.grad + g

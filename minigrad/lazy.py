@@ -82,17 +82,19 @@ def schedule(roots) -> list:
     """Unrealized nodes reachable from `roots`, sources before users (iterative DFS,
     so a 10,000-op chain needs no recursion)."""
     order, seen = [], set()
-    stack = [(r, False) for r in roots if r.realized is None]
-    while stack:
-        lb, expanded = stack.pop()
-        if expanded:
-            order.append(lb)
+    stack = [r for r in roots if r.realized is None]   # a node to visit, or (node,):
+    while stack:                                       # its sources are all in `order`
+        lb = stack.pop()
+        if type(lb) is tuple:
+            order.append(lb[0])
             continue
         if id(lb) in seen:
             continue
         seen.add(id(lb))
-        stack.append((lb, True))
-        stack.extend((s, False) for s in lb.srcs if s.realized is None and id(s) not in seen)
+        stack.append((lb,))
+        for s in lb.srcs:
+            if s.realized is None and id(s) not in seen:
+                stack.append(s)
     return order
 
 
@@ -125,7 +127,14 @@ def fuse(order: list, roots) -> list:
     free -= {id(r) for r in roots}
     out, waiting = [], {}     # waiting: id(inlined node) -> (its tree, op count)
     for lb in order:
-        kids = [waiting.pop(id(s), None) for s in lb.srcs]
+        kids = [waiting.pop(id(s), None) for s in lb.srcs] if waiting else None
+        if not (kids and any(kids)):
+            # fast path (most nodes): no source was inlined, so nothing to group
+            if lb.op in ELEMENTWISE and id(lb) in free:
+                waiting[id(lb)] = ((lb.op, lb.arg, lb.dtype, *lb.srcs), 1)
+            else:
+                out.append(lb)
+            continue
         n = 1 + sum(k[1] for k in kids if k)
         if lb.op not in ELEMENTWISE or n > MAX_FUSED_OPS:   # the sources run on their own
             out += [_group(s, k[0]) for s, k in zip(lb.srcs, kids) if k]
@@ -156,11 +165,13 @@ def _number(t, srcs: dict):
     """`t` with its LazyBuffer leaves replaced by their index in `srcs` (module level,
     not a closure: a recursive closure is a reference cycle that would keep the inputs
     alive until the cyclic GC runs)."""
-    if isinstance(t, LazyBuffer):
-        if id(t) not in srcs:
-            srcs[id(t)] = (len(srcs), t)
-        return srcs[id(t)][0]
-    return (*t[:3], *[_number(k, srcs) for k in t[3:]])
+    if type(t) is LazyBuffer:
+        hit = srcs.get(id(t))
+        if hit is None:
+            hit = srcs[id(t)] = (len(srcs), t)
+        return hit[0]
+    op, arg, dtype, *kids = t
+    return (op, arg, dtype, *[_number(k, srcs) for k in kids])
 
 
 def _run(lb: LazyBuffer):
