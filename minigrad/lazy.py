@@ -73,6 +73,13 @@ def node(op, arg, srcs, shape, dtype, device) -> LazyBuffer:
     return lb
 
 
+def outputs(parent: LazyBuffer, shapes, dtypes) -> list:
+    """The outputs of a multi-output node (its backend op returns a tuple): one
+    "select" node each, which runs no kernel (see _run)."""
+    return [node("select", (i,), [parent], s, d, parent.device)
+            for i, (s, d) in enumerate(zip(shapes, dtypes))]
+
+
 def constant(buf, shape, dtype, device) -> LazyBuffer:
     """A node that already holds a backend buffer."""
     return LazyBuffer("buffer", (), (), shape, dtype, device, realized=buf)

@@ -19,7 +19,7 @@ import numbers
 from . import lazy
 from .autograd import Function
 from .dtype import bfloat16, float16, float32, int8, uint32
-from .tensor import Tensor
+from .tensor import Tensor, draw_seed
 
 INT4_GROUP_SIZES = (32, 64, 128)
 
@@ -32,8 +32,7 @@ def _kernel(name, inputs, shapes, dtypes, **params):
         return Tensor._from_lazy(lazy.node("kernel", (name, params), srcs, shapes[0],
                                            dtypes[0], device))
     parent = lazy.node("kernel", (name, params), srcs, shapes[0], dtypes[0], device)
-    return tuple(Tensor._from_lazy(lazy.node("select", (i,), [parent], s, d, device))
-                 for i, (s, d) in enumerate(zip(shapes, dtypes)))
+    return tuple(Tensor._from_lazy(o) for o in lazy.outputs(parent, shapes, dtypes))
 
 
 # ------------------------------------------------------------------ validation --
@@ -326,13 +325,7 @@ def _check_dropout(op, dropout_p, seed):
     if dropout_p == 0:
         return 0.0, None
     if seed is None:
-        from .tensor import _random_state
-        _random_state["calls"] += 1
-        x = (_random_state["seed"] * 0x9E3779B97F4A7C15 + _random_state["calls"] *
-             0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):   # splitmix64
-            x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
-        seed = x ^ (x >> 31)
+        seed = draw_seed()
     elif not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"{op}: seed must be an integer in [0, 2**64), got {seed!r}")
     return float(dropout_p), int(seed)

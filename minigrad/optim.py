@@ -247,9 +247,8 @@ class AdamW(Optimizer):
                 eps * bc2_sqrt))
             parent = lazy.node("adamw", consts, [p.lazydata, g.lazydata, m.lazydata,
                                                  v.lazydata], p.shape, p.dtype, p.device)
-            new_p, m, v = (Tensor._from_lazy(lazy.node("select", (i,), [parent], p.shape,
-                                                       dt, p.device))
-                           for i, dt in enumerate((p.dtype, float32, float32)))
+            new_p, m, v = (Tensor._from_lazy(o) for o in lazy.outputs(
+                parent, [p.shape] * 3, (p.dtype, float32, float32)))
             state["exp_avg"], state["exp_avg_sq"] = m, v
             p.assign(new_p)
             return [p, m, v]

@@ -27,6 +27,19 @@ def manual_seed(seed: int) -> None:
     _random_state["seed"], _random_state["calls"] = int(seed), 0
 
 
+def draw_seed() -> int:
+    """A 64-bit seed for a kernel that makes its own random numbers (flash attention's
+    dropout): the next draw of the generator that rand/randn/dropout use, so
+    manual_seed makes it reproducible; (seed, draw) is mixed by two splitmix64 rounds."""
+    _random_state["calls"] += 1
+    m64 = 0xFFFFFFFFFFFFFFFF
+    x = (_random_state["seed"] * 0x9E3779B97F4A7C15 + _random_state["calls"] *
+         0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & m64
+    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        x = ((x ^ (x >> shift)) * mul) & m64
+    return x ^ (x >> 31)
+
+
 def _shape_arg(shape) -> tuple:
     """Accept f(2, 3) and f((2, 3)) alike."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):

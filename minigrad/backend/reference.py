@@ -96,17 +96,23 @@ _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 _U32 = np.uint64(0xFFFFFFFF)
 
 
+def philox7_round_keys(seed) -> list:
+    """The 7 (k0, k1) round keys of Philox-4x32-7 under key (seed low, seed high): the
+    kernels get them as arguments (ops_attention), the mirror below uses them too."""
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    return [((k0 + r * _PHILOX_W0) & 0xFFFFFFFF, (k1 + r * _PHILOX_W1) & 0xFFFFFFFF)
+            for r in range(7)]
+
+
 def _philox4x32_7(c0, c1, c2, seed):
     """Philox-4x32 with 7 rounds of counter (c0, c1, c2, 0) (broadcast uint32 arrays) under
     key (seed low, seed high); returns the four uint32 output words."""
     c0, c1, c2 = (np.asarray(c, dtype=np.uint64) for c in np.broadcast_arrays(c0, c1, c2))
     c3 = np.zeros_like(c0)
-    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
-    for _ in range(7):
+    for k0, k1 in philox7_round_keys(seed):
         p0, p1 = _PHILOX_M0 * c0, _PHILOX_M1 * c2                   # exact in 64 bits
         c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _U32,
                           (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _U32)
-        k0, k1 = (k0 + _PHILOX_W0) & 0xFFFFFFFF, (k1 + _PHILOX_W1) & 0xFFFFFFFF
     return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
 
 

@@ -35,8 +35,8 @@ def _dp(d):
     return next(p for p in DPS if p >= d)
 
 
-def _fn(be, file, entry, fmt, smem, macro, dp):
-    fn = be.function(file, entry, fmt, {macro: dp})
+def _fn(be, file, entry, fmt, smem, defines):
+    fn = be.function(file, entry, fmt, defines)
     if smem > 48 * 1024 and not getattr(fn, "mg_smem_raised", False):
         runtime.set_max_dynamic_shared(fn, smem)
         fn.mg_smem_raised = True
@@ -51,22 +51,16 @@ def _drop(dropout_p, seed):
     """(entry-name suffix, extra argument format, extra arguments, defines) of dropout."""
     if not dropout_p:
         return "", "", [], {"FA_DROPOUT": 0}
-    from ..reference import dropout_threshold
-    lo, hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
-    keys = []
-    for r in range(7):                           # round keys, as reference._philox4x32_7
-        keys += [(lo + r * 0x9E3779B9) & 0xFFFFFFFF, (hi + r * 0xBB67AE85) & 0xFFFFFFFF]
+    from ..reference import dropout_threshold, philox7_round_keys
+    keys = [word for pair in philox7_round_keys(seed) for word in pair]
     return ("_dropout", "I" * 15 + "f",
             keys + [dropout_threshold(dropout_p), float(np.float32(1 / (1 - dropout_p)))],
             {"FA_DROPOUT": 1})
 
 
-def _ffn(be, entry, fmt, smem, dp, defines):
-    fn = be.function("flash_attention.cu", entry, fmt, {"FA_ONLY_DP": dp, **defines})
-    if smem > 48 * 1024 and not getattr(fn, "mg_smem_raised", False):
-        runtime.set_max_dynamic_shared(fn, smem)
-        fn.mg_smem_raised = True
-    return fn
+def _flash_fn(be, entry, fmt, smem, dp, defines):
+    """A flash_attention.cu kernel of head-dim class dp (plus the dropout define)."""
+    return _fn(be, "flash_attention.cu", entry, fmt, smem, {"FA_ONLY_DP": dp, **defines})
 
 
 def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, seed=None):
@@ -80,7 +74,7 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         bc, smem = FWD[dp]
         c = "_causal" if causal else ""
         sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
-        fn = _ffn(be, f"flash_attention_fwd{c}{sfx}_d{dp}", "PPPPPiiif" + dfmt, smem, dp, defs)
+        fn = _flash_fn(be, f"flash_attention_fwd{c}{sfx}_d{dp}", "PPPPPiiif" + dfmt, smem, dp, defs)
         runtime.launch(fn, math.ceil(s / ROWS) * b, 128,
                        [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
                         b, s, d, _scale(d)] + dargs, smem)
@@ -97,15 +91,15 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     dp, c, scale = _dp(d), "_causal" if causal else "", _scale(d)
     dd = be.empty(q.shape[:-1], float32)
     sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
-    pre = _ffn(be, "flash_attention_bwd_preprocess", "PPPqi", 0, dp, defs)
+    pre = _flash_fn(be, "flash_attention_bwd_preprocess", "PPPqi", 0, dp, defs)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
     bck, smem = DKDV[dp]
-    fn = _ffn(be, f"flash_attention_bwd_dkdv{c}{sfx}_d{dp}", "PPPPPPPPiiif" + dfmt, smem, dp,
+    fn = _flash_fn(be, f"flash_attention_bwd_dkdv{c}{sfx}_d{dp}", "PPPPPPPPiiif" + dfmt, smem, dp,
               defs)
     runtime.launch(fn, math.ceil(s / bck) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
                                                      dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
                    + dargs, smem)
-    fn = _ffn(be, f"flash_attention_bwd_dq{c}{sfx}_d{dp}", "PPPPPPPiiif" + dfmt, DQ[dp], dp,
+    fn = _flash_fn(be, f"flash_attention_bwd_dq{c}{sfx}_d{dp}", "PPPPPPPiiif" + dfmt, DQ[dp], dp,
               defs)
     runtime.launch(fn, math.ceil(s / ROWS) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
                                                       dd.ptr, dq.ptr, b, s, d, scale] + dargs,
@@ -125,7 +119,7 @@ def attention_tc(be, q, k, v, causal=False):
     split = math.ceil(sq / ROWS) * b < 2 * runtime.multiprocessors
     name = f"attention_tc{'_causal' if causal else ''}{'_split' if split else ''}_d{dp}"
     smem = ATC[dp][split]
-    fn = _fn(be, "attention_tc.cu", name, "PPPPiiiiif", smem, "ATC_ONLY_DP", dp)
+    fn = _fn(be, "attention_tc.cu", name, "PPPPiiiiif", smem, {"ATC_ONLY_DP": dp})
     runtime.launch(fn, math.ceil(sq / (ROWS // 2 if split else ROWS)) * b, 128,
                    [q.ptr, k.ptr, v.ptr, out.ptr, b, sq, sk, dk, dv, _scale(dk)], smem)
     return out
