@@ -103,6 +103,36 @@ def minigrad_profile(step, x, y, device):
     return host_ms, per_kind, counts
 
 
+def minigrad_kernel_time(step, data):
+    """GPU kernel time per step, by kernel, from PyTorch's profiler (CUPTI records every
+    kernel of the process, ours included): (ms per step, [(name, ms per step, calls)])."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for x, y in data:
+            step(x, y)
+    per = collections.defaultdict(lambda: [0.0, 0])
+    for ev in prof.events():
+        if ev.device_type.name == "CUDA":
+            per[ev.name][0] += ev.device_time / 1e3 / len(data)
+            per[ev.name][1] += 1
+    rows = sorted(((k, v[0], v[1] // len(data)) for k, v in per.items()), key=lambda r: -r[1])
+    return sum(r[1] for r in rows), rows
+
+
+def minigrad_cprofile(step, data, top=30):
+    import cProfile
+    import io
+    import pstats
+    pr = cProfile.Profile()
+    pr.enable()
+    for x, y in data:
+        step(x, y)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
 # ------------------------------------------------------------------------- PyTorch --
 
 def torch_setup(cfg, autocast: bool):
@@ -206,6 +236,10 @@ def main(argv=None):
                     help="minigrad's attention implementation (auto: flash on CUDA)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--kernel-time", action="store_true",
+                    help="GPU kernel time per step by kernel (needs PyTorch's profiler)")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="Python profile of 3 steps, top functions by own time")
     args = ap.parse_args(argv)
     cfg = dict(CONFIG)
     if args.batch_size:
@@ -247,6 +281,15 @@ def main(argv=None):
                               "synchronized_ms": total,
                               "per_kind_ms": {k: v * 1e3 for k, v in per_kind.items()},
                               "counts": dict(counts)}
+    if args.kernel_time and HAVE_TORCH and device == "cuda":
+        kms, krows = minigrad_kernel_time(step, data[-3:])
+        print(f"\nGPU kernel time per step: {kms:.2f} ms (step wall {ours_ms:.2f} ms)\n")
+        print("| kernel | ms/step | launches/step |\n|---|---:|---:|")
+        for name, ms, calls in krows[:25]:
+            print(f"| {name[:70]} | {ms:.3f} | {calls} |")
+        rows[0]["kernel_ms_per_step"] = kms
+    if args.cprofile:
+        print(minigrad_cprofile(step, data[-3:]))
     report("train_step", card, rows)
 
 

@@ -134,14 +134,14 @@ def fuse(order: list, roots) -> list:
     free -= {id(r) for r in roots}
     out, waiting = [], {}     # waiting: id(inlined node) -> (its tree, op count)
     for lb in order:
-        kids = [waiting.pop(id(s), None) for s in lb.srcs] if waiting else None
-        if not (kids and any(kids)):
+        if not waiting or waiting.keys().isdisjoint(map(id, lb.srcs)):
             # fast path (most nodes): no source was inlined, so nothing to group
-            if lb.op in ELEMENTWISE and id(lb) in free:
+            if id(lb) in free:          # (free nodes are elementwise)
                 waiting[id(lb)] = ((lb.op, lb.arg, lb.dtype, *lb.srcs), 1)
             else:
                 out.append(lb)
             continue
+        kids = [waiting.pop(id(s), None) for s in lb.srcs]
         n = 1 + sum(k[1] for k in kids if k)
         if lb.op not in ELEMENTWISE or n > MAX_FUSED_OPS:   # the sources run on their own
             out += [_group(s, k[0]) for s, k in zip(lb.srcs, kids) if k]

@@ -12,13 +12,17 @@ update divides by zero.
 Options live in `opt.param_groups[i]` (a dict per group) and are read at every step,
 so a scheduler changes the learning rate with `opt.param_groups[i]["lr"] = ...`.
 
-AdamW's update of a float32/float16/bfloat16 parameter is ONE graph node (the backend
-op `adamw`: one kernel on CUDA) whose three outputs (p, m, v) are taken with "select"
-nodes, instead of ~19 elementwise nodes; the step's scalars are the node's arguments,
-not part of any kernel source. It does the same float32 operations in the same order
-as the composed graph, so results are bit-identical to it. `AdamW(..., fused=False)`
-(or env MINIGRAD_FUSED_OPTIM=0) builds the composed graph instead; float64 parameters
-always use it.
+AdamW's update of a float32/float16/bfloat16 parameter is ONE backend call (`adamw`:
+one kernel on CUDA) instead of ~19 elementwise graph nodes: `step()` first realizes the
+gradients (with the forward/backward graph behind them) and the moments in one
+schedule, then calls the backend op per parameter on those buffers and assigns its
+three outputs (p, m, v), which arrive already computed. No graph node is built for
+the update itself: a training step's ~300 update and output-selecting nodes would
+cost more Python than the kernels they launch. The step's scalars are the call's
+arguments, not part of any kernel source. It does the same float32 operations in the
+same order as the composed graph, so results are bit-identical to it.
+`AdamW(..., fused=False)` (or env MINIGRAD_FUSED_OPTIM=0) builds the composed graph
+instead; float64 parameters always use it.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np
 
 from . import lazy
 from .autograd import no_grad
+from .device import get_backend
 from .dtype import float32, float64, int64
 from .tensor import Tensor, realize
 
@@ -72,7 +77,7 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        out = []
+        out, self._direct = [], []
         with no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
@@ -87,6 +92,9 @@ class Optimizer:
                         out.extend(self._update(p, p.grad.detach(), group, state))
         if out:
             realize(*out)
+        direct, self._direct = self._direct, []
+        for run in direct:              # updates that run on realized buffers (AdamW)
+            run()
 
     def _update(self, p: Tensor, g: Tensor, group: dict, state: dict) -> list:
         """Assign p's new value (`g` is p's gradient, in any float dtype); return the
@@ -245,13 +253,8 @@ class AdamW(Optimizer):
             consts = tuple(float(f(c)) for c in (
                 1 - beta1, 1 - beta2, 1 - lr * wd if wd else 1.0, lr * bc2_sqrt / bc1,
                 eps * bc2_sqrt))
-            parent = lazy.node("adamw", consts, [p.lazydata, g.lazydata, m.lazydata,
-                                                 v.lazydata], p.shape, p.dtype, p.device)
-            new_p, m, v = (Tensor._from_lazy(o) for o in lazy.outputs(
-                parent, [p.shape] * 3, (p.dtype, float32, float32)))
-            state["exp_avg"], state["exp_avg_sq"] = m, v
-            p.assign(new_p)
-            return [p, m, v]
+            self._direct.append(lambda: _adamw_direct(p, g, m, v, consts, state))
+            return [p, g, m, v]         # realized by step() before the call
         g = g.cast(work)
         m = state["exp_avg"] = m + (g - m) * (1 - beta1)
         v = state["exp_avg_sq"] = v + (g * g - v) * (1 - beta2)
@@ -259,3 +262,14 @@ class AdamW(Optimizer):
         decayed = w * (1 - lr * wd) if wd else w
         p.assign(decayed - m * (lr * bc2_sqrt / bc1) / (v.sqrt() + eps * bc2_sqrt))
         return [p, m, v]
+
+
+def _adamw_direct(p: Tensor, g: Tensor, m: Tensor, v: Tensor, consts: tuple, state: dict):
+    """The fused AdamW update of one parameter: the backend's `adamw` on the realized
+    buffers of p, g, m, v; p takes the new value, the state the new moments."""
+    new_p, new_m, new_v = get_backend(p.device).adamw(
+        *consts, *(t.lazydata.realized for t in (p, g, m, v)))
+    shape, device = p.shape, p.device
+    state["exp_avg"] = Tensor._from_lazy(lazy.constant(new_m, shape, float32, device))
+    state["exp_avg_sq"] = Tensor._from_lazy(lazy.constant(new_v, shape, float32, device))
+    p.lazydata = lazy.constant(new_p, shape, p.dtype, device)

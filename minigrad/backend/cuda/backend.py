@@ -47,11 +47,13 @@ def _dense_strides(shape):
 
 
 class CudaBuffer:
-    """A strided view of device memory. `ptr` is the address of element 0."""
-    __slots__ = ("alloc", "base", "shape", "strides", "offset", "dtype", "contig", "size")
+    """A strided view of device memory. `ptr` is the address of element 0 (kept as an
+    attribute: launchers read it for every operand)."""
+    __slots__ = ("alloc", "base", "shape", "strides", "offset", "dtype", "contig", "size", "ptr")
 
     def __init__(self, alloc, base, shape: tuple, dtype: DType, strides=None, offset=0):
         self.alloc, self.base, self.dtype, self.shape, self.offset = alloc, base, dtype, shape, offset
+        self.ptr = base + offset * dtype.itemsize if offset else base
         if strides is None:
             self.strides, self.size = _DENSE.get(shape) or _dense_layout(shape)
             self.contig = True
@@ -59,10 +61,6 @@ class CudaBuffer:
             self.strides = tuple(strides)
             self.contig = is_contig(shape, self.strides)
             self.size = math.prod(shape)
-
-    @property
-    def ptr(self) -> int:
-        return self.base + self.offset * self.dtype.itemsize
 
     @property
     def ndim(self) -> int:
