@@ -111,6 +111,18 @@ def _contexts_in_order(root_ctx) -> list:
     return order[::-1]
 
 
+def _undoes_cast(parent, dtype) -> bool:
+    """Whether `parent` is a Cast from `dtype`, seen through permutes and reshapes (as
+    nn.Linear's `weight.cast(bf16).T`). A gradient of `dtype` bound for it goes on
+    unrounded: rounding it to the narrow dtype only for the Cast's backward to widen it
+    again would lose precision and cost two kernels at every such layer."""
+    from .functions import Cast, Permute, Reshape
+    ctx = parent._ctx
+    while type(ctx) in (Permute, Reshape):
+        ctx = getattr(ctx.parents[0], "_ctx", None) if ctx.parents else None
+    return type(ctx) is Cast and ctx.in_dtype == dtype
+
+
 def backward(tensor, gradient, retain_graph: bool = False) -> None:
     from .tensor import Tensor
     root = tensor._ctx
@@ -137,7 +149,7 @@ def backward(tensor, gradient, retain_graph: bool = False) -> None:
                 if gl.shape != pl.shape:
                     raise RuntimeError(f"backward of {type(ctx).__name__}: gradient shape "
                                        f"{g.shape} does not match input shape {parent.shape}")
-                if gl.dtype != pl.dtype:
+                if gl.dtype != pl.dtype and not _undoes_cast(parent, gl.dtype):
                     g = g.cast(parent.dtype)
                 if parent._ctx is None:      # a leaf: accumulate into .grad
                     parent.grad = g if parent.grad is None else parent.grad + g

@@ -217,6 +217,22 @@ def test_linear_matches_numpy_and_pytorch_layout():
         lin(Tensor.ones(2, 4))
 
 
+def test_bf16_linear_weight_gradient_is_not_rounded_to_bf16():
+    # weight.cast(bf16).T feeds the tensor-core matmul, whose dB is f32: it reaches the
+    # f32 weight unrounded (the cast's backward would only widen it again)
+    import ml_dtypes
+    rng = np.random.default_rng(0)
+    lin = nn.Linear(24, 10, compute="bfloat16")
+    x = Tensor(rng.standard_normal((5, 24)).astype(np.float32))
+    lin(x).sum().backward()
+    g = lin.weight.grad.numpy()
+    assert lin.weight.grad.dtype == mg.float32
+    xb = x.numpy().astype(ml_dtypes.bfloat16).astype(np.float32)
+    ref = np.ones((10, 5), np.float32) @ xb            # dC = 1 is exact in bf16
+    np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(g, g.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
 def test_linear_init_bounds_and_seed():
     mg.manual_seed(3)
     a = nn.Linear(100, 50)
