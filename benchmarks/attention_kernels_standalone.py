@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Standalone check and benchmark of kernels/flash_attention.cu and kernels/attention_tc.cu.
+"""Standalone check and benchmark of kernels/flash_attention_tf32.cu (3xTF32 tensor cores,
+D <= 128), kernels/flash_attention.cu (FFMA, any D <= 256) and kernels/attention_tc.cu.
 
 Runs from the repository root with PYTHONPATH=. ; needs PyCUDA, NumPy, ml_dtypes and
 cuda-python's NVRTC (`cuda.bindings.nvrtc`; falls back to nvcc through PyCUDA); PyTorch
@@ -12,7 +13,12 @@ so it tests the kernel files alone.
     python3 benchmarks/attention_kernels_standalone.py --bench          # timings vs torch
     python3 benchmarks/attention_kernels_standalone.py --sanitize       # tiny shapes, for
         compute-sanitizer --tool memcheck|racecheck python3 ... --sanitize
-    --variants       with --bench: also time the -DFA_ALT_TILES tile set
+    --variants       with --bench: also time the -DFA_ALT_TILES tile set of the FFMA file and,
+                     for D <= 64, the tf32 instances of the other block size (4 vs 8 warps)
+    --impl tf32|ffma with --check/--sanitize: the flash path checked; tf32 (default) routes
+                     D <= 128 to flash_attention_tf32.cu and larger D to flash_attention.cu,
+                     as the minigrad host does; ffma uses flash_attention.cu for every D
+    --no-tc          with --bench/--check: skip attention_tc
     --compile-only   build every module with NVRTC into the cubin cache and exit
     --prebuild DIR   build every module with the local nvcc into DIR (no GPU needed);
                      a run with MG_ATT_PREBUILT=DIR loads those instead of compiling
@@ -53,6 +59,16 @@ NT = 128
 # and dynamic shared memory; FA_CFG_<DP> overrides reproduce the -D tuning variants.
 FA_DEFAULT = {32: (64, 64, 64, 32), 64: (64, 32, 64, 64), 128: (32, 32, 32, 32), 256: (32, 16, 32, 32)}
 FA_ALT = {64: (32, 64, 64, 32), 128: (32, 32, 32, 64)}      # -DFA_ALT_TILES (--variants)
+
+
+# flash_attention_tf32.cu: (dp, warps per block) instances and their dynamic shared memory
+FA3_NWS = {32: (4, 8), 64: (4, 8), 128: (8,)}
+
+
+def fa3_smem(dp, nw):
+    ld, bcq = dp + 4, (32 if dp == 128 else 64)
+    return {"fwd": 4 * (16 * nw * ld + 256 * ld), "lse": 4 * (16 * nw * ld + 128 * ld),
+            "dq": 4 * (32 * nw * ld + 4 * bcq * ld), "dkdv": 4 * (32 * nw * ld + 4 * bcq * ld + 4 * bcq)}
 
 
 def fa_smem(dp, cfg):
@@ -181,9 +197,11 @@ ALT_DEFINES = ("FA_ALT_TILES",)   # kernels/flash_attention.cu's tuning set == F
 
 
 def build_all(arch, variants=False, lineinfo=False):
-    jobs = [("flash_attention.cu", arch, (), lineinfo), ("attention_tc.cu", arch, (), lineinfo)]
+    jobs = [("flash_attention.cu", arch, (), lineinfo), ("attention_tc.cu", arch, (), lineinfo),
+            ("flash_attention_tf32.cu", arch, (), lineinfo)]
     if variants:
         jobs.append(("flash_attention.cu", arch, ALT_DEFINES, False))
+
     with ProcessPoolExecutor(len(jobs)) as ex:
         list(ex.map(_build_job, jobs))
 
@@ -311,6 +329,76 @@ class Flash:
         self.preprocess(do, o, dd, B, S, D)
         self.dkdv(q, k, v, do, lse, dd, dk, dv, B, S, D, causal)
         self.dq(q, k, v, do, lse, dd, dq, B, S, D, causal)
+
+
+class Flash3:
+    """Launchers of flash_attention_tf32.cu (3xTF32; D <= 128; grid/smem rules of its header).
+    nw: None = the host's rule (ops_attention._nw), or 4 / 8 forced where both exist."""
+
+    def __init__(self, dev, nw=None, lineinfo=False):
+        self.dev, self.nw = dev, nw
+        self.sms = dev.dev.get_attribute(dev.drv.device_attribute.MULTIPROCESSOR_COUNT)
+        self.mod = dev.load("flash_attention_tf32.cu", (), lineinfo)
+
+    def pick_nw(self, dp, S, B, kind="fwd", causal=False):
+        """ops_attention._nw: d128 8; d32/d64 4, but 8 for the causal dq/dkdv of large grids."""
+        if dp == 128:
+            return 8
+        if self.nw in (4, 8):
+            return self.nw
+        big = math.ceil(S / 128) * B >= 2 * self.sms
+        return 8 if kind in ("dq", "dkdv") and causal and big else 4
+
+    def _launch(self, kind, S, B, D, causal, *ptrs):
+        dp = pick_dp(D)
+        nw = self.pick_nw(dp, S, B, kind, causal)
+        c = "_causal" if causal else ""
+        name = {"fwd": f"flash_tf32_fwd{c}", "dq": f"flash_tf32_bwd_dq{c}",
+                "dkdv": f"flash_tf32_bwd_dkdv{c}", "lse": f"flash_tf32_lse{c}"}[kind] + f"_d{dp}_w{nw}"
+        fmt = {"fwd": "PPPPPiiif", "dq": "PPPPPPPiiif", "dkdv": "PPPPPPPPiiif", "lse": "PPPiiif"}[kind]
+        smem = fa3_smem(dp, nw)[kind]
+        f = self.dev.func(self.mod, name, fmt, smem)
+        f.prepared_async_call((math.ceil(S / (16 * nw)) * B, 1, 1), (32 * nw, 1, 1), None,
+                              *[int(x) if x is not None else 0 for x in ptrs],
+                              B, S, D, np.float32(1 / math.sqrt(D)), shared_size=smem)
+
+    def fwd(self, q, k, v, o, lse, B, S, D, causal):
+        self._launch("fwd", S, B, D, causal, q, k, v, o, lse)
+
+    def lse(self, q, k, lse, B, S, D, causal):
+        self._launch("lse", S, B, D, causal, q, k, lse)
+
+    def preprocess(self, do, o, dd, B, S, D):
+        f = self.dev.func(self.mod, "flash_tf32_bwd_preprocess", "PPPqi", 0)
+        rows = B * S
+        f.prepared_async_call((math.ceil(rows / 8), 1, 1), (256, 1, 1), None, int(do), int(o), int(dd),
+                              rows, D)
+
+    def dkdv(self, q, k, v, do, lse, dd, dk, dv, B, S, D, causal):
+        self._launch("dkdv", S, B, D, causal, q, k, v, do, lse, dd, dk, dv)
+
+    def dq(self, q, k, v, do, lse, dd, dq, B, S, D, causal):
+        self._launch("dq", S, B, D, causal, q, k, v, do, lse, dd, dq)
+
+    backward = Flash.backward
+
+
+class Router:
+    """What the minigrad host does: the tf32 kernels for D <= 128, the FFMA ones above."""
+
+    def __init__(self, tf32, ffma):
+        self.tf32, self.ffma = tf32, ffma
+
+    def __getattr__(self, name):
+        fn3, fn1 = getattr(self.tf32, name), getattr(self.ffma, name)
+
+        def call(*args):
+            D = args[-2] if name in ("fwd", "lse", "dkdv", "dq") else args[-1]
+            return (fn3 if D <= 128 else fn1)(*args)
+        return call
+
+    def backward(self, *args, **kw):
+        return (self.tf32 if args[12] <= 128 else self.ffma).backward(*args, **kw)
 
 
 class TC:
@@ -517,7 +605,9 @@ class _Inline:
 
 def run_cases(dev, log, flash_jobs, tc_jobs, fl, tc, workers=None):
     """GPU runs in this process while the NumPy oracles run in a pool of fresh ('spawn')
-    processes, which never touch CUDA; workers=0 computes them inline."""
+    processes, which never touch CUDA; workers=0 computes them inline.  fl: one flash
+    launcher, or a list of (tag, launcher, job filter) checked against the same references."""
+    fls = fl if isinstance(fl, list) else [("", fl, lambda j: True)]
     import multiprocessing as mp
     if workers is None:
         workers = max(1, min(14, (os.cpu_count() or 2) - 1))
@@ -528,11 +618,13 @@ def run_cases(dev, log, flash_jobs, tc_jobs, fl, tc, workers=None):
         # biggest first, so the pool finishes evenly
         fr = {j: ex.submit(flash_reference, j) for j in sorted(flash_jobs, key=lambda j: -j[1] ** 2 * j[2])}
         tr = {j: ex.submit(tc_reference, j) for j in sorted(tc_jobs, key=lambda j: -j[1] * j[2] * j[3])}
-        fg = {j: flash_gpu(dev, fl, j) for j in flash_jobs}
+        fg = {(tag, j): flash_gpu(dev, f, j) for tag, f, keep in fls for j in flash_jobs if keep(j)}
         tg = {j: tc_gpu(dev, tc, j) for j in tc_jobs}
         log(f"# GPU runs done after {time.time() - t0:.1f} s; waiting for the references")
-        for j in flash_jobs:
-            r = flash_compare(j, fg[j], fr[j].result())
+        for (tag, j), g in fg.items():
+            r = flash_compare(j, g, fr[j].result())
+            if tag:
+                r["case"] += f" [{tag}]"
             log(json.dumps(r))
             results.append(r)
         for j in tc_jobs:
@@ -560,27 +652,42 @@ def summarize(results, log):
     return bad
 
 
-def run_check(dev, log):
+def make_flash(dev, impl, lineinfo=False, nw=None):
+    """The flash launcher checked/timed: "tf32" = the host's routing (tf32 file for D <= 128,
+    FFMA file above; nw forces the tf32 block size), "ffma" = flash_attention.cu for every D."""
+    ffma = Flash(dev, lineinfo=lineinfo)
+    return ffma if impl == "ffma" else Router(Flash3(dev, nw, lineinfo=lineinfo), ffma)
+
+
+def run_check(dev, log, impl="tf32", tc=True):
     base = int.from_bytes(os.urandom(4), "little")   # fresh inputs every run
     log(f"# input seed base {base}")
     seeds = iter(range(base, base + 10**6))
     flash_jobs = [(next(seeds), S, D, c, (2, 3), 1.0) for S, D in FLASH_CASES for c in (False, True)]
     flash_jobs += [(next(seeds), 255, 64, c, (2, 3), 3.0) for c in (False, True)]   # large logits
     flash_jobs += [(next(seeds), 70, 33, True, (2, 3), 1.0), (next(seeds), 33, 7, False, (2, 3), 1.0)]
-    tc_jobs = [(next(seeds), *c, causal, (2, 3)) for c in TC_CASES for causal in (False, True)]
-    results = run_cases(dev, log, flash_jobs, tc_jobs, Flash(dev), TC(dev))
+    tc_jobs = [(next(seeds), *c, causal, (2, 3)) for c in TC_CASES for causal in (False, True)] if tc else []
+    log(f"# flash impl: {impl}")
+    fls = make_flash(dev, impl)
+    if impl == "tf32":   # the shapes here give small grids (host rule: 4 warps); also force 8
+        fls = [("", fls, lambda j: True), ("w8", make_flash(dev, impl, nw=8), lambda j: j[2] <= 64)]
+    results = run_cases(dev, log, flash_jobs, tc_jobs, fls, TC(dev) if tc else None)
     return results, summarize(results, log)
 
 
-def run_sanitize(dev, log):
+def run_sanitize(dev, log, impl="tf32", tc=True):
     """Tiny shapes covering every padded head dim, both masks, partial tiles, the scalar
     (unaligned D) load path and cross-attention; meant to run under compute-sanitizer."""
     seeds = iter(range(1000, 2000))
-    flash_jobs = [(next(seeds), S, D, c, (2,), 1.0) for S, D in ((17, 16), (70, 64), (70, 100), (33, 256), (40, 33))
+    flash_jobs = [(next(seeds), S, D, c, (2,), 1.0) for S, D in ((17, 16), (70, 64), (70, 100), (33, 256), (40, 33),
+                                                                  (130, 128), (150, 64))
                   for c in (False, True)]
     tc_jobs = [(next(seeds), *x, c, (2,)) for x in ((17, 70, 40, 72), (70, 17, 64, 64), (33, 33, 256, 256),
-                                                    (5, 9, 33, 17)) for c in (False, True)]
-    results = run_cases(dev, log, flash_jobs, tc_jobs, Flash(dev, lineinfo=True), TC(dev, lineinfo=True), workers=0)
+                                                    (5, 9, 33, 17)) for c in (False, True)] if tc else []
+    fls = make_flash(dev, impl, lineinfo=True)
+    if impl == "tf32":
+        fls = [("", fls, lambda j: True), ("w8", make_flash(dev, impl, True, nw=8), lambda j: j[2] <= 64)]
+    results = run_cases(dev, log, flash_jobs, tc_jobs, fls, TC(dev, lineinfo=True) if tc else None, workers=0)
     summarize(results, log)
     log("# sanitize run finished")
 
@@ -604,7 +711,7 @@ def timeit(dev, fn, reps=20, warm=3):
     return statistics.median(ts), min(ts), max(ts)
 
 
-def run_bench(dev, log, variants=False, reps=20):
+def run_bench(dev, log, variants=False, reps=20, with_tc=True):
     try:
         import torch
         import torch.nn.functional as F
@@ -615,13 +722,16 @@ def run_bench(dev, log, variants=False, reps=20):
         log(f"# torch unavailable for the baseline: {e!r}")
         torch = None
     if torch is not None:   # ceilings on this card, and which kernels SDPA f32 runs
-        torch.backends.cuda.matmul.allow_tf32 = False
-        for dt, name in ((torch.float32, "f32 (no TF32) cuBLAS"), (torch.float16, "f16 cuBLAS")):
+        for dt, name, tf32 in ((torch.float32, "f32 (no TF32) cuBLAS", False),
+                               (torch.float32, "f32 with TF32 (1xTF32) cuBLAS", True),
+                               (torch.float16, "f16 cuBLAS", False)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             a = torch.randn(8192, 8192, device="cuda", dtype=dt)
             b = torch.randn(8192, 8192, device="cuda", dtype=dt)
             t = timeit(dev, lambda: torch.mm(a, b), 5, 2)
             log(f"# ceiling: {name} 8192^3 matmul {2 * 8192**3 / t[0] / 1e9:.1f} TFLOP/s ({t[0]:.2f} ms)")
             del a, b
+        torch.backends.cuda.matmul.allow_tf32 = False
         x = torch.empty(2**30 // 4, device="cuda")
         y = torch.empty_like(x)
         t = timeit(dev, lambda: y.copy_(x), 10, 2)
@@ -640,9 +750,10 @@ def run_bench(dev, log, variants=False, reps=20):
         except Exception as e:   # noqa: BLE001
             log(f"# SDPA kernel probe failed: {e!r}")
         torch.cuda.empty_cache()
-    fl = Flash(dev)
-    alt = Flash(dev, ALT_DEFINES, FA_ALT) if variants else None
-    tc = TC(dev)
+    ffma = Flash(dev)
+    impls = [("tf32", Router(Flash3(dev), ffma)), ("ffma", ffma)]
+    alt = {nw: Flash3(dev, nw) for nw in (4, 8)} if variants else None
+    tc = TC(dev) if with_tc else None
     rng = np.random.default_rng(7)
     rows = []
 
@@ -663,30 +774,6 @@ def run_bench(dev, log, variants=False, reps=20):
                                         dev.empty(n * 4), dev.empty(n * 4), dev.empty(n * 4))
         for causal in (False, True):
             shape = f"bh={BH} s={S} d={D}{' causal' if causal else ''}"
-            t_fwd = timeit(dev, lambda: fl.fwd(gq, gk, gv, go, None, BH, S, D, causal), reps)
-            t_fb = timeit(dev, lambda: (fl.fwd(gq, gk, gv, go, None, BH, S, D, causal),
-                                        fl.backward(gq, gk, gv, go, gdo, glse, gdd, gdq, gdk, gdv,
-                                                    BH, S, D, causal)), reps)
-            t_fb_lse = timeit(dev, lambda: (fl.fwd(gq, gk, gv, go, None, BH, S, D, causal),
-                                            fl.backward(gq, gk, gv, go, gdo, glse, gdd, gdq, gdk, gdv,
-                                                        BH, S, D, causal, recompute="lse")), reps)
-            parts = {
-                "stats_fwd_ms": timeit(dev, lambda: fl.fwd(gq, gk, gv, go, glse, BH, S, D, causal), reps)[0],
-                "lse_only_ms": timeit(dev, lambda: fl.lse(gq, gk, glse, BH, S, D, causal), reps)[0],
-                "preprocess_ms": timeit(dev, lambda: fl.preprocess(gdo, go, gdd, BH, S, D), reps)[0],
-                "dkdv_ms": timeit(dev, lambda: fl.dkdv(gq, gk, gv, gdo, glse, gdd, gdk, gdv, BH, S, D,
-                                                       causal), reps)[0],
-                "dq_ms": timeit(dev, lambda: fl.dq(gq, gk, gv, gdo, glse, gdd, gdq, BH, S, D, causal), reps)[0],
-            }
-            flops = 4 * BH * S * S * D * (0.5 if causal else 1.0)
-            parts["fwd_tflops"] = flops / t_fwd[0] / 1e9
-            parts["bwd_over_fwd"] = (t_fb[0] - t_fwd[0]) / t_fwd[0]
-            if alt is not None and D in (64, 128) and not causal:
-                parts["alt_fwd_ms"] = timeit(dev, lambda: alt.fwd(gq, gk, gv, go, None, BH, S, D, causal), reps)[0]
-                parts["alt_dkdv_ms"] = timeit(dev, lambda: alt.dkdv(gq, gk, gv, gdo, glse, gdd, gdk, gdv, BH, S,
-                                                                    D, causal), reps)[0]
-                parts["alt_dq_ms"] = timeit(dev, lambda: alt.dq(gq, gk, gv, gdo, glse, gdd, gdq, BH, S, D,
-                                                                causal), reps)[0]
             rf = rfb = None
             if torch is not None:
                 tq, tk, tv, tdo = (torch.from_numpy(x.reshape(1, BH, S, D)).cuda() for x in host)
@@ -701,11 +788,45 @@ def run_bench(dev, log, variants=False, reps=20):
                 rfb = timeit(dev, sdpa_fb, reps)
                 del tq, tk, tv, tdo
                 torch.cuda.empty_cache()
-            row("flash fwd f32", shape, t_fwd, "torch SDPA f32 fwd", rf, parts)
-            row("flash fwd+bwd f32", shape, t_fb, "torch SDPA f32 fwd+bwd", rfb)
-            row("flash fwd+bwd f32 (L-only recompute)", shape, t_fb_lse, "torch SDPA f32 fwd+bwd", rfb)
+            for tag, fl in impls:
+                t_fwd = timeit(dev, lambda: fl.fwd(gq, gk, gv, go, None, BH, S, D, causal), reps)
+                t_fb = timeit(dev, lambda: (fl.fwd(gq, gk, gv, go, None, BH, S, D, causal),
+                                            fl.backward(gq, gk, gv, go, gdo, glse, gdd, gdq, gdk, gdv,
+                                                        BH, S, D, causal)), reps)
+                t_fb_lse = timeit(dev, lambda: (fl.fwd(gq, gk, gv, go, None, BH, S, D, causal),
+                                                fl.backward(gq, gk, gv, go, gdo, glse, gdd, gdq, gdk, gdv,
+                                                            BH, S, D, causal, recompute="lse")), reps)
+                parts = {
+                    "stats_fwd_ms": timeit(dev, lambda: fl.fwd(gq, gk, gv, go, glse, BH, S, D, causal), reps)[0],
+                    "lse_only_ms": timeit(dev, lambda: fl.lse(gq, gk, glse, BH, S, D, causal), reps)[0],
+                    "preprocess_ms": timeit(dev, lambda: fl.preprocess(gdo, go, gdd, BH, S, D), reps)[0],
+                    "dkdv_ms": timeit(dev, lambda: fl.dkdv(gq, gk, gv, gdo, glse, gdd, gdk, gdv, BH, S, D,
+                                                           causal), reps)[0],
+                    "dq_ms": timeit(dev, lambda: fl.dq(gq, gk, gv, gdo, glse, gdd, gdq, BH, S, D, causal),
+                                    reps)[0],
+                }
+                flops = 4 * BH * S * S * D * (0.5 if causal else 1.0)
+                parts["fwd_tflops"] = flops / t_fwd[0] / 1e9
+                parts["dkdv_tflops"] = 2 * flops / parts["dkdv_ms"] / 1e9
+                parts["dq_tflops"] = 1.5 * flops / parts["dq_ms"] / 1e9
+                parts["bwd_over_fwd"] = (t_fb[0] - t_fwd[0]) / t_fwd[0]
+                if tag == "tf32" and alt is not None and D <= 64:   # the other block size (of dq/dkdv)
+                    other = alt[4 if fl.tf32.pick_nw(pick_dp(D), S, BH, "dq", causal) == 8 else 8]
+                    parts["alt_nw"] = other.nw
+                    parts["alt_fwd_ms"] = timeit(dev, lambda: other.fwd(gq, gk, gv, go, None, BH, S, D, causal),
+                                                 reps)[0]
+                    parts["alt_dkdv_ms"] = timeit(dev, lambda: other.dkdv(gq, gk, gv, gdo, glse, gdd, gdk, gdv,
+                                                                          BH, S, D, causal), reps)[0]
+                    parts["alt_dq_ms"] = timeit(dev, lambda: other.dq(gq, gk, gv, gdo, glse, gdd, gdq, BH, S, D,
+                                                                      causal), reps)[0]
+                row(f"flash fwd f32 [{tag}]", shape, t_fwd, "torch SDPA f32 fwd", rf, parts)
+                row(f"flash fwd+bwd f32 [{tag}]", shape, t_fb, "torch SDPA f32 fwd+bwd", rfb)
+                row(f"flash fwd+bwd f32 [{tag}] (L-only recompute)", shape, t_fb_lse, "torch SDPA f32 fwd+bwd",
+                    rfb)
         for g in (gq, gk, gv, gdo, go, glse, gdd, gdq, gdk, gdv):
             g.free()
+        if tc is None:
+            continue
         # attention_tc at the same shapes (f16 in, f32 out)
         h16 = [rng.standard_normal(n, dtype=np.float32).astype(np.float16) for _ in range(3)]
         gq, gk, gv = (dev.to_dev(x) for x in h16)
@@ -759,6 +880,8 @@ def main():
                          "MG_ATT_PREBUILT=DIR loads those cubins instead of compiling")
     ap.add_argument("--arch", default=None, help="with --compile-only: sm number, e.g. 90")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--impl", default="tf32", choices=("tf32", "ffma"))
+    ap.add_argument("--no-tc", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     outdir = Path(a.out) if a.out else None
@@ -776,7 +899,9 @@ def main():
         arch = a.arch or "90"
         jobs = [(a.prebuild, arch, "flash_attention.cu", (), False), (a.prebuild, arch, "attention_tc.cu", (), False),
                 (a.prebuild, arch, "flash_attention.cu", ALT_DEFINES, False),
-                (a.prebuild, arch, "flash_attention.cu", (), True), (a.prebuild, arch, "attention_tc.cu", (), True)]
+                (a.prebuild, arch, "flash_attention.cu", (), True), (a.prebuild, arch, "attention_tc.cu", (), True),
+                (a.prebuild, arch, "flash_attention_tf32.cu", (), False),
+                (a.prebuild, arch, "flash_attention_tf32.cu", (), True)]
         with ProcessPoolExecutor(len(jobs)) as ex:
             list(ex.map(_prebuild_job, [(j[0], j[1], j[2], j[3], j[4]) for j in jobs]))
         return 0
@@ -797,12 +922,12 @@ def main():
     rc = 0
     try:
         if a.sanitize:
-            run_sanitize(dev, log)
+            run_sanitize(dev, log, a.impl, not a.no_tc)
         if a.check:
-            _, bad = run_check(dev, log)
+            _, bad = run_check(dev, log, a.impl, not a.no_tc)
             rc |= bool(bad)
         if a.bench:
-            rows = run_bench(dev, log, a.variants, a.reps)
+            rows = run_bench(dev, log, a.variants, a.reps, not a.no_tc)
             if outdir:
                 (outdir / "bench.json").write_text(json.dumps({
                     "card": dev.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -79,6 +79,62 @@ def test_flash_forward_stats_and_backward(s, d, causal, poisoned_device, rng):
         close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
 
 
+TF32_BLOCK_CASES = [(17, 16, 0.0), (255, 64, 0.0), (300, 32, 0.2), (130, 64, 0.5), (1024, 64, 0.2),
+                    (129, 100, 0.0), (200, 128, 0.3)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("nw", [4, 8])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("s,d,p", TF32_BLOCK_CASES, ids=lambda v: str(v))
+def test_flash_tf32_block_sizes(nw, s, d, p, causal, rng, monkeypatch):
+    """Both block sizes of the 3xTF32 kernels (flash_attention_tf32.cu: 4 or 8 warps; the host
+    picks 8 only for grids of at least two waves, which the shapes above never reach, and always
+    for D > 64), forward, stats and backward, with and without dropout, poisoned outputs."""
+    from minigrad.backend.cuda import backend as bm
+    from minigrad.backend.cuda import ops_attention
+    monkeypatch.setattr(ops_attention, "FORCE_NW", nw)
+    monkeypatch.setattr(bm, "POISON", True)
+    shape = (2, s, d)
+    q, k, v, do = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    seed = 4242 + s
+    if p:
+        keep = reference.dropout_keep(seed, shape[:-2], s, p)
+        ref_out, ref_lse, *ref_grads = ref_dropout64(q, k, v, do, causal, keep, p)
+    else:
+        ref_out, ref_lse, _ = ref_attention64(q, k, v, causal)
+        ref_grads = ref_grads64(q, k, v, do, causal)
+    qt, kt, vt = (Tensor(x, device="cuda", requires_grad=True) for x in (q, k, v))
+    op = mg.ops.attention_flash_causal if causal else mg.ops.attention_flash
+    out = op(qt, kt, vt, dropout_p=p, seed=seed)
+    out_s, lse = mg.ops.attention_flash_with_stats(qt.detach(), kt.detach(), vt.detach(), causal,
+                                                   dropout_p=p, seed=seed)
+    close(out.numpy(), ref_out)
+    assert np.array_equal(out.numpy(), out_s.numpy())
+    assert np.abs(lse.numpy() - ref_lse).max() < 1e-5
+    (out * Tensor(do, device="cuda")).sum().backward()
+    for got, ref in zip((qt.grad, kt.grad, vt.grad), ref_grads):
+        close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_tf32_accuracy_long_rows(causal, rng):
+    """3xTF32 keeps f32-level accuracy at long rows: the tensor core's own f32 accumulation
+    truncates, so its chains are kept short and the sums over key / query tiles are f32 adds
+    (without that, the error grew with S: ~3e-5 relative at S = 4097)."""
+    shape = (2, 2048, 64)
+    q, k, v, do = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    ref_out, ref_lse, _ = ref_attention64(q, k, v, causal)
+    qt, kt, vt = (Tensor(x, device="cuda", requires_grad=True) for x in (q, k, v))
+    out = (mg.ops.attention_flash_causal if causal else mg.ops.attention_flash)(qt, kt, vt)
+    (out * Tensor(do, device="cuda")).sum().backward()
+    rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)            # noqa: E731
+    errs = [rel(out.numpy(), ref_out)] + [rel(g.numpy(), r) for g, r in zip(
+        (qt.grad, kt.grad, vt.grad), ref_grads64(q, k, v, do, causal))]
+    assert max(errs) < 5e-6, errs
+
+
 def test_flash_s1_closed_form(device, rng):
     q, k, v, do = (rng.standard_normal((2, 3, 1, 40)).astype(np.float32) for _ in range(4))
     qt, kt, vt = (Tensor(x, device=device, requires_grad=True) for x in (q, k, v))

@@ -1,20 +1,28 @@
-"""Host side of the attention family (kernels/flash_attention.cu, attention_tc.cu).
+"""Host side of the attention family (kernels/flash_attention_tf32.cu,
+flash_attention.cu, attention_tc.cu).
 
-Both files template their kernels on a padded head dim DP in {32, 64, 128, 256} (the
-smallest DP >= D); each DP is compiled on first use only (-DFA_ONLY_DP / -DATC_ONLY_DP),
-which keeps NVRTC's time per compile short. Grids, block sizes and the dynamic
-shared-memory bytes below are the launch tables of the kernel files' headers.
+Flash attention (f32) runs on tensor cores in error-compensated 3xTF32
+(flash_attention_tf32.cu: f32-level accuracy, ~1e-6 relative on the products) for head
+dims D <= 128, and on the plain-FFMA kernels of flash_attention.cu for 128 < D <= 256
+(or everywhere when the env MINIGRAD_FLASH_TF32=0, or `TF32 = False` here, e.g. to
+compare the two). Plain 1xTF32 is never used.
+
+The files template their kernels on a padded head dim DP in {32, 64, 128(, 256)} (the
+smallest DP >= D); each DP is compiled on first use only (-DFA3_ONLY_DP / -DFA_ONLY_DP /
+-DATC_ONLY_DP), which keeps NVRTC's time per compile short. Grids, block sizes and the
+dynamic shared-memory bytes below are the launch tables of the kernel files' headers.
 Inputs are made dense [B, S, D] (B = all leading dims); every op is one launch for
 all B slices (the backward: preprocess, dK/dV pass, dQ pass).
 
 Attention dropout (dropout_p > 0, a seed): the `_dropout` kernels of the same file, which
 take one struct fa::DropArgs after the usual arguments (the 14 Philox round keys of the
 seed, the keep threshold, f32 1/(1-p): 16 words "I"*15 + "f"); they are compiled with
--DFA_DROPOUT=1 (the dropout kernels only), the others with -DFA_DROPOUT=0.
+-DFA_DROPOUT=1 / -DFA3_DROPOUT=1 (the dropout kernels only), the others with =0.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -29,6 +37,14 @@ DKDV = {32: (64, 46080), 64: (64, 104448), 128: (32, 76800), 256: (32, 142336)}
 # attention_tc: dp -> (bytes plain, bytes split)
 ATC = {32: (25600, 23552), 64: (46080, 41984), 128: (87040, 78848), 256: (101376, 84992)}
 ROWS = 64           # query rows per block (fwd, dq, attention_tc; split: 32)
+# flash_attention_tf32.cu (3xTF32 tensor cores, D <= 128): (dp, warps per block) -> dynamic
+# shared-memory bytes of (fwd, lse, dq, dkdv); a block has 32*NW threads and owns 16*NW query
+# rows (fwd, lse, dq) or keys (dkdv). d128 has NW = 8 only.
+TF32 = os.environ.get("MINIGRAD_FLASH_TF32", "1") != "0"
+T_SMEM = {(32, 4): (46080, 27648, 55296, 56320), (32, 8): (55296, 36864, 73728, 74752),
+          (64, 4): (87040, 52224, 104448, 105472), (64, 8): (104448, 69632, 139264, 140288),
+          (128, 8): (202752, 135168, 202752, 203264)}
+FORCE_NW = None     # tests/benchmarks: 4 or 8 forces the block size where both exist
 
 
 def _dp(d):
@@ -48,19 +64,40 @@ def _scale(d):
 
 
 def _drop(dropout_p, seed):
-    """(entry-name suffix, extra argument format, extra arguments, defines) of dropout."""
+    """(entry-name suffix, extra argument format, extra arguments, dropout flag 0/1)."""
     if not dropout_p:
-        return "", "", [], {"FA_DROPOUT": 0}
+        return "", "", [], 0
     from ..reference import dropout_threshold, philox7_round_keys
     keys = [word for pair in philox7_round_keys(seed) for word in pair]
     return ("_dropout", "I" * 15 + "f",
-            keys + [dropout_threshold(dropout_p), float(np.float32(1 / (1 - dropout_p)))],
-            {"FA_DROPOUT": 1})
+            keys + [dropout_threshold(dropout_p), float(np.float32(1 / (1 - dropout_p)))], 1)
 
 
-def _flash_fn(be, entry, fmt, smem, dp, defines):
-    """A flash_attention.cu kernel of head-dim class dp (plus the dropout define)."""
-    return _fn(be, "flash_attention.cu", entry, fmt, smem, {"FA_ONLY_DP": dp, **defines})
+def _tf32(d):
+    """True when head dim d runs on the 3xTF32 tensor-core kernels."""
+    return TF32 and d <= 128
+
+
+def _nw(dp, s, b, backward=False, causal=False):
+    """Warps per block of the tf32 kernels: 8 for d128 (its only instance); for d32/d64 the
+    forward takes 4, the backward 8 when causal and blocks of 128 rows still give two waves
+    (ceil(S/128)*B >= 2*SMs), else 4 (H200, notes_attention.md run 4: 4 warps were as fast or
+    faster everywhere except the causal dq / dkdv passes of large grids, 9-18 % faster with 8)."""
+    if dp == 128:
+        return 8
+    if FORCE_NW in (4, 8):
+        return FORCE_NW
+    big = math.ceil(s / 128) * b >= 2 * runtime.multiprocessors
+    return 8 if backward and causal and big else 4
+
+
+def _flash_fn(be, entry, fmt, smem, dp, drop):
+    """A kernel of head-dim class dp: flash_attention_tf32.cu for the flash_tf32_* entries,
+    flash_attention.cu for the others (each compiled with or without the dropout kernels)."""
+    if entry.startswith("flash_tf32"):
+        return _fn(be, "flash_attention_tf32.cu", entry, fmt, smem,
+                   {"FA3_ONLY_DP": dp, "FA3_DROPOUT": drop})
+    return _fn(be, "flash_attention.cu", entry, fmt, smem, {"FA_ONLY_DP": dp, "FA_DROPOUT": drop})
 
 
 def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, seed=None):
@@ -71,11 +108,17 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
     lse = be.empty(q.shape[:-1], float32) if with_stats else None
     if out.size:
         dp = _dp(d)
-        bc, smem = FWD[dp]
         c = "_causal" if causal else ""
-        sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
-        fn = _flash_fn(be, f"flash_attention_fwd{c}{sfx}_d{dp}", "PPPPPiiif" + dfmt, smem, dp, defs)
-        runtime.launch(fn, math.ceil(s / ROWS) * b, 128,
+        sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
+        if _tf32(d):
+            nw = _nw(dp, s, b)
+            nt, rows, smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][0]
+            name = f"flash_tf32_fwd{c}{sfx}_d{dp}_w{nw}"
+        else:
+            nt, rows, smem = 128, ROWS, FWD[dp][1]
+            name = f"flash_attention_fwd{c}{sfx}_d{dp}"
+        fn = _flash_fn(be, name, "PPPPPiiif" + dfmt, smem, dp, drop)
+        runtime.launch(fn, math.ceil(s / rows) * b, nt,
                        [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
                         b, s, d, _scale(d)] + dargs, smem)
     return (out, lse) if with_stats else out
@@ -90,20 +133,25 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
         return dq, dk, dv
     dp, c, scale = _dp(d), "_causal" if causal else "", _scale(d)
     dd = be.empty(q.shape[:-1], float32)
-    sfx, dfmt, dargs, defs = _drop(dropout_p, seed)
-    pre = _flash_fn(be, "flash_attention_bwd_preprocess", "PPPqi", 0, dp, defs)
+    sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
+    if _tf32(d):
+        nw = _nw(dp, s, b, backward=True, causal=causal)
+        pfx, w = "flash_tf32", f"_w{nw}"
+        kv_nt, kv_rows, kv_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][3]
+        dq_nt, dq_rows, dq_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][2]
+    else:
+        pfx, w, (kv_nt, kv_rows, kv_smem) = "flash_attention", "", (128,) + DKDV[dp]
+        dq_nt, dq_rows, dq_smem = 128, ROWS, DQ[dp]
+    pre = _flash_fn(be, f"{pfx}_bwd_preprocess", "PPPqi", 0, dp, drop)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
-    bck, smem = DKDV[dp]
-    fn = _flash_fn(be, f"flash_attention_bwd_dkdv{c}{sfx}_d{dp}", "PPPPPPPPiiif" + dfmt, smem, dp,
-              defs)
-    runtime.launch(fn, math.ceil(s / bck) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
-                                                     dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
-                   + dargs, smem)
-    fn = _flash_fn(be, f"flash_attention_bwd_dq{c}{sfx}_d{dp}", "PPPPPPPiiif" + dfmt, DQ[dp], dp,
-              defs)
-    runtime.launch(fn, math.ceil(s / ROWS) * b, 128, [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr,
-                                                      dd.ptr, dq.ptr, b, s, d, scale] + dargs,
-                   DQ[dp])
+    fn = _flash_fn(be, f"{pfx}_bwd_dkdv{c}{sfx}_d{dp}{w}", "PPPPPPPPiiif" + dfmt, kv_smem, dp, drop)
+    runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt,
+                   [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
+                   + dargs, kv_smem)
+    fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + dfmt, dq_smem, dp, drop)
+    runtime.launch(fn, math.ceil(s / dq_rows) * b, dq_nt,
+                   [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale] + dargs,
+                   dq_smem)
     return dq, dk, dv
 
 
