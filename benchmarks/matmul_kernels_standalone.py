@@ -16,8 +16,15 @@ sources; stale or missing ones are compiled with nvcc through pycuda.compiler.co
 --out DIR receives the log and JSON (default benchmarks/results).
 
 Kernel families: sync (matmul_tc_*_{v,s}, 128x128), sync8 (matmul_tc_*_v_w8, 128x256),
-async80 (matmul_tc_async_*_{v,s}, cp.async 4-stage), wgmma (matmul_tc_wgmma_*_n{256,128},
-sm_90a only). host_choice() below is the launch rule the kernel headers document.
+async80 (matmul_tc_async_*_{v,s}, cp.async 4-stage), and the sm_90a ones in
+matmul_tc_wgmma.cu: wgmma (matmul_tc_wgmma_*_n{256,128}, cp.async), tma
+(matmul_tc_tma_*_n{256,128}c{2,1}: TMA, warp-specialized, persistent, c2 = 2-CTA clusters
+with B multicast; tensor maps encoded here through ctypes, the parameter buffer padded to
+the offsets read from the cubin) and wgsync (matmul_tc_wgsync_*_n{256,128}: synchronous
+ld.global -> st.shared producer). host_choice() below mirrors the launcher's rule
+(minigrad/backend/cuda/ops_matmul.py). Bench options: --shapes (cubes, small, targets,
+tr), --kernels fam[:tile[:group]],... (e.g. tma:n256c2:8,wgsync:n256,wgmma:256,sync8),
+--tag (file names); --dtypes also limits the bench.
 
 Check: every family x dtype (f16, bf16) x layout (nn, nt, tn, tt) x load path (_v where
 the 16-byte rule allows it, _s where the family has one) on fresh random inputs, against
@@ -58,10 +65,19 @@ FAMILIES = {
     "sync":    ("matmul_tc_", "", 128, 0, 128),            # 128x128, 4 warps, static smem
     "sync8":   ("matmul_tc_", "_w8", 256, 61440, 256),     # 128x256, 8 warps (_v only)
     "async80": ("matmul_tc_async_", "", 128, 81920, 128),  # cp.async, 4 stages
-    "wgmma":   ("matmul_tc_wgmma_", "_n{t}", 256, 197632, None),   # sm_90a
+    "wgmma":   ("matmul_tc_wgmma_", "_n{t}", 256, 197632, None),   # sm_90a, cp.async + wgmma
+    "tma":     ("matmul_tc_tma_", "_{t}", 384, None, None),        # sm_90a, TMA + wgmma, WS
+    "wgsync":  ("matmul_tc_wgsync_", "_{t}", 384, None, None),     # sm_90a, ld/st + wgmma, WS
 }
-HOPPER = ("wgmma",)
-V_ONLY = ("sync8", "wgmma")
+HOPPER = ("wgmma", "tma", "wgsync")
+V_ONLY = ("sync8", "wgmma", "tma", "wgsync")
+# tiles of each Hopper family: wgmma 128 x t; tma n<BN>c<cluster size>; wgsync n256
+TILES = {"wgmma": (256, 128), "tma": ("n256c2", "n256c1", "n128c2", "n128c1"),
+         "wgsync": ("n256", "n128")}
+WS_SMEM = {256: 197696, 128: 230512}      # MTW_WS_SMEM_N256 / _N128
+TMA_ARGFMT = "Q" * 32 + "Pqqiiiiiii"
+WGSYNC_ARGFMT = "PPPqqqqqqiiiii"
+GROUP = {"tma": 8, "wgsync": 16}          # unit-rows per raster group (overridable: --group)
 ARGFMT = "PPPqqqqqqiiii"
 TOL = 1e-4
 NAN16 = {"f16": 0x7E00, "bf16": 0x7FC0}
@@ -132,6 +148,7 @@ def load_cubin(name, arch, cubin_dir):
 
 # ---------------------------------------------------------------- log -------
 _LOG = None
+_CUBIN_DIR = None
 
 
 def log(*a):
@@ -155,7 +172,7 @@ class Runtime:
         self.name = self.dev.name()
         self.sms = self.dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
         self.stream = drv.Stream()
-        self.mods, self.funcs = {}, {}
+        self.mods, self.funcs, self.cubins, self.pads = {}, {}, {}, {}
         for fam in families:
             name = "matmul_tc_wgmma" if fam in HOPPER else "matmul_tc"
             if name in self.mods:
@@ -166,6 +183,7 @@ class Runtime:
                 continue
             t = time.time()
             cubin, how = load_cubin(name, arch, cubin_dir)
+            self.cubins[name] = cubin
             self.mods[name] = drv.module_from_buffer(cubin)
             log(f"[runtime] {name} {arch} ({how}, {len(cubin)} B) loaded in {time.time() - t:.1f} s")
 
@@ -176,9 +194,14 @@ class Runtime:
     def func(self, kname, smem):
         f = self.funcs.get(kname)
         if f is None:
-            mod = self.mods["matmul_tc_wgmma" if "wgmma" in kname else "matmul_tc"]
+            hopper = any(kname.startswith("matmul_tc_" + h + "_") for h in HOPPER)
+            mod = self.mods["matmul_tc_wgmma" if hopper else "matmul_tc"]
             f = mod.get_function(kname)
-            f.prepare(ARGFMT)
+            if "_tma_" in kname:
+                pad = self.pads[kname] = tma_pad(self.cubins["matmul_tc_wgmma"], kname)
+                f.prepare("Q" * (pad // 8) + TMA_ARGFMT)
+            else:
+                f.prepare(WGSYNC_ARGFMT if "_wgsync_" in kname else ARGFMT)
             if smem > 0:
                 f.set_attribute(self.drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
             self.funcs[kname] = f
@@ -205,6 +228,19 @@ def wgmma_tile(M, N, batch, sms):
     return 256 if math.ceil(b256 / sms) * 1.8 <= math.ceil(b128 / sms) else 128
 
 
+def ws_tile(M, N, batch, sms):
+    """(BN, cluster) of the warp-specialized kernels (ops_matmul.ws_tile, measured on
+    H200): 256 iff it makes fewer wave-quantised units (1.8 per 128 x 256 tile, a tie to
+    128); 2-CTA clusters except 128-wide tiles with N <= 512."""
+    if N <= 128:
+        bn = 128
+    else:
+        b256 = math.ceil(M / 128) * math.ceil(N / 256) * batch
+        b128 = math.ceil(M / 128) * math.ceil(N / 128) * batch
+        bn = 256 if math.ceil(b256 / sms) * 1.8 < math.ceil(b128 / sms) else 128
+    return bn, (1 if bn == 128 and N <= 512 else 2)
+
+
 def sync_family(M, N, batch, sms):
     """_v or _v_w8 for the sync ops (kernels/matmul_tc.cu header)."""
     w8 = (math.ceil(N / 256) * 2 == math.ceil(N / 128)
@@ -213,30 +249,198 @@ def sync_family(M, N, batch, sms):
 
 
 def host_choice(op_async, M, N, batch, vec, sms, cc):
-    """(family, path, tile) the host rules pick for one launch."""
+    """(family, path, tile) the host rules pick for one launch (split-K aside; see
+    minigrad/backend/cuda/ops_matmul.py, which this mirrors)."""
     if not vec:
         return ("async80" if op_async else "sync"), "s", 128
+    if cc == (9, 0):
+        bn, cm = ws_tile(M, N, batch, sms)
+        return ("tma", "v", f"n{bn}c{cm}") if op_async else ("wgsync", "v", f"n{bn}")
     if op_async:
-        if cc == (9, 0):
-            return "wgmma", "v", wgmma_tile(M, N, batch, sms)
         return "async80", "v", 128
     return sync_family(M, N, batch, sms), "v", 128
 
 
 def kernel_for(fam, dt, layout, path, tile):
+    """(name, threads, dynamic shared bytes, block N)."""
     pre, suf, threads, smem, bn = FAMILIES[fam]
+    if fam in ("tma", "wgsync"):
+        bn = int(tile[1:4])
+        return f"{pre}{dt}_{layout}_{tile}", threads, WS_SMEM[bn], bn
     if fam in HOPPER:
-        return f"{pre}{dt}_{layout}{suf.format(t=tile)}", threads, smem, tile
+        return f"{pre}{dt}_{layout}{suf.format(t=tile)}", threads, smem, bn or tile
     return f"{pre}{dt}_{layout}_{path}{suf}", threads, smem, bn
 
 
-def launch(rt, fam, dt, layout, path, tile, a, b, c, lda, ldb, ldc, sA, sB, sC, M, N, K, batch):
+# ---- TMA tensor maps (cuTensorMapEncodeTiled through ctypes; no cuda-python needed) ----
+_LIBCUDA = None
+_TMAP_CACHE = {}
+
+
+def _libcuda():
+    global _LIBCUDA
+    if _LIBCUDA is None:
+        import ctypes
+        lib = ctypes.CDLL("libcuda.so.1")
+        f = lib.cuTensorMapEncodeTiled
+        f.restype = ctypes.c_int
+        u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
+        f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p,
+                      u32p, u32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        _LIBCUDA = lib
+    return _LIBCUDA
+
+
+def tensor_map(ptr, dt, dims, strides, box):
+    """The 16 uint64 words of a 3-d CUtensorMap over 16-bit elements (dims innermost
+    first, byte strides of dims 1 and 2), 128-byte swizzle, zeros outside; None when the
+    driver refuses the shape."""
+    import ctypes
+    import struct
+    key = (ptr, dt, dims, strides, box)
+    if key in _TMAP_CACHE:
+        return _TMAP_CACHE[key]
+    raw = (ctypes.c_uint8 * 192)()
+    addr = (ctypes.addressof(raw) + 63) & ~63
+    r = _libcuda().cuTensorMapEncodeTiled(
+        ctypes.c_void_p(addr), 6 if dt == "f16" else 9, 3, ctypes.c_void_p(ptr),
+        (ctypes.c_uint64 * 3)(*dims), (ctypes.c_uint64 * 2)(*strides),
+        (ctypes.c_uint32 * 3)(*box), (ctypes.c_uint32 * 3)(1, 1, 1),
+        0, 3, 3, 0)     # no interleave, SWIZZLE_128B, L2 promotion 256 B, OOB zero fill
+    words = struct.unpack("<16Q", ctypes.string_at(addr, 128)) if r == 0 else None
+    _TMAP_CACHE[key] = words
+    return words
+
+
+def operand_map(ptr, dt, trans, rows, cols, ld, stride, batch, box_outer):
+    """Tensor map of a logical [rows, cols] operand ('n': element (r, c) at r*ld + c;
+    't': at c*ld + r) with batch entries `stride` elements apart (0: shared). The
+    contiguous dim is innermost; boxes are 64 of it by box_outer (64 for MN-major)."""
+    inner, outer = (rows, cols) if trans else (cols, rows)
+    nb = batch if stride else 1
+    s2 = stride if stride else outer * ld
+    return tensor_map(ptr, dt, (inner, outer, nb), (2 * ld, 2 * s2), (64, box_outer, 1))
+
+
+def tma_maps(dt, layout, tile, a, b, lda, ldb, sA, sB, M, N, K, batch):
+    bn, cm = int(tile[1:4]), int(tile[-1])
+    at, bt = layout[0] == "t", layout[1] == "t"
+    # A is [M, K]: 'n' K-major (box 64 k x 128 m), 't' MN-major (box 64 m x 64 k)
+    ma = operand_map(int(a), dt, at, M, K, lda, sA, batch, 64 if at else 128)
+    # B is [K, N]: 't' K-major (box 64 k x BN/CM n), 'n' MN-major (box 64 n x 64 k)
+    mb = operand_map(int(b), dt, bt, K, N, ldb, sB, batch, bn // cm if bt else 64)
+    return ma, mb
+
+
+def ws_grid(fam, tile, M, N, batch, slots):
+    """Persistent grid of the warp-specialized kernels: one CTA per SM at most."""
+    bn = int(tile[1:4])
+    cm = 1 if fam == "wgsync" else int(tile[-1])
+    units = math.ceil(math.ceil(M / 128) / cm) * math.ceil(N / bn) * batch
+    return cm * min(units, slots // cm)
+
+
+def launch(rt, fam, dt, layout, path, tile, a, b, c, lda, ldb, ldc, sA, sB, sC, M, N, K, batch,
+           group=None):
     kname, threads, smem, bn = kernel_for(fam, dt, layout, path, tile)
     f = rt.func(kname, smem)
+    g = group or GROUP.get(fam, 8)
+    if fam == "tma":
+        ma, mb = tma_maps(dt, layout, tile, a, b, lda, ldb, sA, sB, M, N, K, batch)
+        if ma is None or mb is None:
+            raise RuntimeError(f"cuTensorMapEncodeTiled refused {kname} {M}x{N}x{K} lda={lda} "
+                               f"ldb={ldb} sA={sA} sB={sB}")
+        grid = (ws_grid(fam, tile, M, N, batch, rt.sms), 1, 1)
+        f.prepared_async_call(grid, (threads, 1, 1), rt.stream, *([0] * (rt.pads[kname] // 8)),
+                              *ma, *mb, int(c), ldc, sC,
+                              M, N, K, batch, 1 if sA else 0, 1 if sB else 0, g, shared_size=smem)
+        return kname
+    if fam == "wgsync":
+        grid = (ws_grid(fam, tile, M, N, batch, rt.sms), 1, 1)
+        f.prepared_async_call(grid, (threads, 1, 1), rt.stream, int(a), int(b), int(c), lda, ldb,
+                              ldc, sA, sB, sC, M, N, K, batch, g, shared_size=smem)
+        return kname
     grid = (math.ceil(M / 128) * math.ceil(N / bn), 1, min(batch, 65535))
     f.prepared_async_call(grid, (threads, 1, 1), rt.stream, int(a), int(b), int(c), lda, ldb, ldc,
                           sA, sB, sC, M, N, K, batch, shared_size=smem)
     return kname
+
+
+def max_active_clusters(rt, kname, smem, threads=384, cluster=2):
+    """cuOccupancyMaxActiveClusters for a __cluster_dims__ kernel (cuda-python; None if
+    unavailable). Diagnostic only: the module is loaded a second time through cuda-python."""
+    try:
+        from cuda.bindings import driver as cu
+        cubin = load_cubin("matmul_tc_wgmma", "sm_90a", _CUBIN_DIR)[0]
+        err, mod = cu.cuModuleLoadData(cubin)
+        err, fn = cu.cuModuleGetFunction(mod, kname.encode())
+        cu.cuFuncSetAttribute(fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        cfg = cu.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = cluster * 66, 1, 1
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = threads, 1, 1
+        cfg.sharedMemBytes = smem
+        err, n = cu.cuOccupancyMaxActiveClusters(fn, cfg)
+        return int(n) if int(err) == 0 else f"error {err}"
+    except Exception as e:      # noqa: BLE001
+        return f"unavailable ({e!r})"[:120]
+
+
+def kparam_offsets(cubin, kname):
+    """{ordinal: (offset, size)} of kernel `kname`'s parameters, read from the cubin's
+    .nv.info.<kname> section (EIATTR_KPARAM_INFO records); None if not found. The TMA
+    kernels need it: a 64-byte-aligned __grid_constant__ CUtensorMap is placed at a
+    64-byte-aligned constant-bank address, and the kernel parameters start at bank
+    offset 0x210 on sm_90, so the first map sits at parameter offset 48, not 0; PyCUDA
+    packs the parameter buffer itself, so the launcher pads it to match."""
+    import struct
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        return None
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def sh(i):
+        name, _, _, _, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
+        return name, off, size
+    stroff = sh(shstrndx)[1]
+    want = (".nv.info." + kname).encode()
+    for i in range(shnum):
+        name, off, size = sh(i)
+        if cubin[stroff + name:cubin.index(b"\0", stroff + name)] != want:
+            continue
+        out, q = {}, off
+        while q + 4 <= off + size:
+            fmt, attr = cubin[q], cubin[q + 1]
+            if fmt == 0x04:                     # EIFMT_SVAL: u16 size, then the payload
+                n, = struct.unpack_from("<H", cubin, q + 2)
+                if attr == 0x17 and n >= 12:    # EIATTR_KPARAM_INFO
+                    _, ordinal, offset, info = struct.unpack_from("<IHHI", cubin, q + 4)
+                    out[ordinal] = (offset, (info >> 18) & 0x3FFF)
+                q += 4 + n
+            else:                               # EIFMT_NVAL / BVAL / HVAL: 4 bytes
+                q += 4
+        return out
+    return None
+
+
+def tma_pad(cubin, kname):
+    """Bytes of padding before the first tensor map (checked against every parameter's
+    offset for the natural packing of TMA_ARGFMT after the padding)."""
+    import struct
+    offs = kparam_offsets(cubin, kname)
+    if not offs:
+        raise RuntimeError(f"{kname}: no parameter table in the cubin")
+    pad = offs[0][0]
+    want, pos = [], pad
+    for c in TMA_ARGFMT:
+        sz = struct.calcsize(c)
+        pos = -(-pos // sz) * sz
+        want.append(pos)
+        pos += sz
+    want = [pad, pad + 128] + want[32:]
+    got = [offs[i][0] for i in sorted(offs)]
+    if got != want:
+        raise RuntimeError(f"{kname}: parameter offsets {got}, expected {want}")
+    return pad
 
 
 # ------------------------------------------------------------ data ---------
@@ -282,6 +486,13 @@ def check_cases(big):
         Case("pad8 [2]x100x90x70 ldc+3", 100, 90, 70, abatch=(2,), bbatched=True, pad=8, cpad=3),
         Case("pad8 259x300x200", 259, 300, 200, pad=8),
         Case("64x256x1024", 64, 256, 1024),
+        # warp-specialized kernels: batched A with B shared (TMA batch coordinate 0),
+        # K < one K tile, several units per persistent CTA (stage/phase wrap across
+        # tiles), an odd number of 128-row tiles (a cluster's second CTA past M)
+        Case("pad8 [3]x130x264x136 B shared", 130, 264, 136, abatch=(3,), pad=8),
+        Case("40x520x24", 40, 520, 24),
+        Case("2048x4096x256", 2048, 4096, 256),
+        Case("pad8 1160x1000x520", 1160, 1000, 520, pad=8, cpad=1),
     ]
     if big:
         cs.append(Case("4096x4096x4096", 4096, 4096, 4096))
@@ -292,7 +503,8 @@ def sanitize_cases():
     return [Case("17x9x13", 17, 9, 13),
             Case("pad8 [2]x100x90x70", 100, 90, 70, abatch=(2,), bbatched=True, pad=8, cpad=3),
             Case("136x264x72", 136, 264, 72),
-            Case("[2,3]x33x20x17", 33, 20, 17, abatch=(2, 3))]
+            Case("[2,3]x33x20x17", 33, 20, 17, abatch=(2, 3)),
+            Case("pad8 [3]x130x264x136 B shared", 130, 264, 136, abatch=(3,), pad=8)]
 
 
 def pad_to(v, m):
@@ -340,7 +552,7 @@ def run_checks(rt, cases, families, dtypes, layouts, results, rng):
                         continue
                     if fam in HOPPER:
                         if vec:
-                            runs += [(fam, "v", 256), (fam, "v", 128)]
+                            runs += [(fam, "v", t) for t in TILES[fam]]
                     else:
                         runs += ([(fam, "v", 128)] if vec else [])
                         runs += [] if fam in V_ONLY else [(fam, "s", 128)]
@@ -421,7 +633,45 @@ def time_torch(torch, fn, nsets, warm=5, reps=20, rounds=5):
     return max(meds), min(meds)
 
 
-def run_bench(rt, quick, rows, rng, bench_families):
+def bench_plan(quick, shapes):
+    """[(M, N, K), layout] to time. shapes: 'all' (the historical plan), or a comma list
+    of 'cubes' (1024^3..8192^3 nn), 'targets' (4096^3 and 8192^3, nn / nt / tn: the
+    issue-4 targets and the backward's layouts), 'tr' (the M = 16384 transformer shapes,
+    nn / nt)."""
+    cubes, tr = bench_shapes(quick)
+    if shapes == "all":
+        big = cubes[-1] if quick else (4096, 4096, 4096)
+        plan = [(s, "nn") for s in cubes] + [(big, "nt"), (big, "tn")]
+        return plan + [(s, lay) for s in tr for lay in ("nn", "nt")]
+    plan = []
+    for part in shapes.split(","):
+        if part == "cubes":
+            plan += [(s, "nn") for s in cubes]
+        elif part == "small":
+            plan += [((n, n, n), "nn") for n in (1024, 2048)]
+        elif part == "targets":
+            plan += [((n, n, n), lay) for n in (4096, 8192) for lay in ("nn", "nt", "tn")]
+        elif part == "tr":
+            plan += [(s, lay) for s in tr for lay in ("nn", "nt")]
+        else:
+            raise SystemExit(f"--shapes: unknown part {part!r}")
+    return plan
+
+
+def parse_kernels(spec):
+    """'fam[:tile[:group]],...' -> [(fam, path, tile, group)]."""
+    out = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        f, *rest = item.split(":")
+        tile = rest[0] if rest else None
+        if f == "wgmma" and tile is not None:
+            tile = int(tile)
+        group = int(rest[1]) if len(rest) > 1 else None
+        out.append((f, "v", tile if tile is not None else 128, group))
+    return out
+
+
+def run_bench(rt, quick, rows, rng, bench_families, shapes="all", kernels="", dtypes=DTYPES):
     drv = rt.drv
     try:
         import torch
@@ -440,10 +690,13 @@ def run_bench(rt, quick, rows, rng, bench_families):
         except Exception:
             ref_kind = "torch.matmul(a,b).float()"
         log(f"[bench] torch {tver}, f32-output baseline: {ref_kind}")
-    cubes, tr = bench_shapes(quick)
-    big = cubes[-1] if quick else (4096, 4096, 4096)
-    plan = [(s, "nn") for s in cubes] + [(big, "nt"), (big, "tn")]
-    plan += [(s, lay) for s in tr for lay in ("nn", "nt")]
+    plan = bench_plan(quick, shapes)
+    if kernels:
+        kern_all = parse_kernels(kernels)
+    else:
+        kern_all = [(f, "v", 128, None) for f in bench_families if f not in HOPPER]
+        kern_all += [(f, "v", t, None) for f in bench_families if f in HOPPER for t in TILES[f]]
+    kern_all = [k for k in kern_all if rt.has(k[0])]
     hdr = (f"| shape | layout | dtype | kernel | ours ms (worst/best of 5 medians) | TFLOP/s "
            f"| {ref_kind or 'torch'} ms | TFLOP/s | ours/torch | torch f16-out TFLOP/s |")
     table = [hdr, "|" + "---|" * 10]
@@ -452,7 +705,7 @@ def run_bench(rt, quick, rows, rng, bench_families):
         at, bt = layout[0] == "t", layout[1] == "t"
         set_bytes = 2 * (M * K + K * N) + 4 * M * N
         nsets = max(1, min(8, math.ceil(2 * l2 / set_bytes)))
-        for dt in DTYPES:
+        for dt in dtypes:
             sets = []
             for _ in range(nsets):
                 a32 = rng.standard_normal((M, K), dtype=np.float32)
@@ -464,9 +717,7 @@ def run_bench(rt, quick, rows, rng, bench_families):
                 sets.append((drv.to_device(As), drv.to_device(Bs), drv.mem_alloc(4 * M * N), ab, bb))
             lda = M if at else K
             ldb = K if bt else N
-            kern = [(f, "v", 128) for f in bench_families if f not in HOPPER]
-            if rt.has("wgmma"):
-                kern += [(f, "v", t) for f in bench_families if f in HOPPER for t in (256, 128)]
+            kern = kern_all
             torch_ms = torch16 = None
             if torch is not None:
                 tdt = torch.float16 if dt == "f16" else torch.bfloat16
@@ -485,15 +736,17 @@ def run_bench(rt, quick, rows, rng, bench_families):
                     f32 = lambda i: torch.matmul(tsets[i][0], tsets[i][1]).float()
                 torch_ms = time_torch(torch, f32, nsets)
                 torch16 = time_torch(torch, lambda i: torch.matmul(tsets[i][0], tsets[i][1]), nsets)
-            for fam, path, tile in kern:
+            for fam, path, tile, group in kern:
                 fn = lambda i: launch(rt, fam, dt, layout, path, tile, sets[i][0], sets[i][1],
-                                      sets[i][2], lda, ldb, N, 0, 0, 0, M, N, K, 1)
+                                      sets[i][2], lda, ldb, N, 0, 0, 0, M, N, K, 1, group)
                 try:
                     worst, best = time_events(drv, rt.stream, fn, nsets)
                 except Exception as e:
                     log(f"[bench] {fam} {dt} {layout} {M}x{N}x{K}: {e!r}")
                     raise
                 kname = kernel_for(fam, dt, layout, path, tile)[0]
+                if group is not None:
+                    kname += f" g{group}"
                 tf = flop / worst / 1e9
                 line = f"| {M}x{N}x{K} | {layout} | {dt} | {kname} | {worst:.4f} / {best:.4f} | {tf:.1f} |"
                 row = dict(name=kname, shape=[M, N, K], layout=layout, dtype=dt,
@@ -540,7 +793,14 @@ def main():
     ap.add_argument("--cubin-dir")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--shapes", default="all", help="bench: all, or a comma list of cubes, "
+                    "small, targets, tr")
+    ap.add_argument("--kernels", default="", help="bench: fam[:tile[:group]],... instead of "
+                    "every tile of --families (e.g. tma:n256c2:8,wgsync:n256,wgmma:256)")
+    ap.add_argument("--tag", default="", help="suffix of the log / JSON names")
     args = ap.parse_args()
+    global _CUBIN_DIR
+    _CUBIN_DIR = args.cubin_dir
 
     if args.build:
         build(args.build, [a.strip() for a in args.arch.split(",")])
@@ -554,6 +814,8 @@ def main():
                                             "bench" if args.bench and not args.check else "all")
     if args.family != "all":
         tag += "_" + args.family
+    if args.tag:
+        tag += "_" + args.tag
     _LOG = open(out / f"matmul_kernels_standalone_{tag}.log", "a")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = np.random.default_rng(seed)
@@ -576,6 +838,10 @@ def main():
     except Exception:
         info["commit"] = None
     log(f"[info] {json.dumps(info)}")
+    if "tma" in families and rt.has("tma") and not args.sanitize:
+        for t in ("n256c2", "n128c2"):
+            kn, _, sm, _ = kernel_for("tma", "f16", "nn", "v", t)
+            log(f"[info] max active 2-CTA clusters of {kn}: {max_active_clusters(rt, kn, sm)}")
     status = 0
     try:
         if args.sanitize:
@@ -587,13 +853,13 @@ def main():
             res = []
             n = run_checks(rt, pick(check_cases(not args.no_big)), families, dtypes, LAYOUTS, res, rng)
             log(f"[check] {len(res) - n} passed, {n} failed")
-            (out / f"matmul_kernels_standalone_check_{args.family}.json").write_text(
+            (out / f"matmul_kernels_standalone_{tag}.json").write_text(
                 json.dumps(dict(info, results=res), indent=1))
             status |= n > 0
         if args.bench:
             rows = []
-            table = run_bench(rt, args.quick, rows, rng, families)
-            (out / "matmul_kernels_standalone.json").write_text(
+            table = run_bench(rt, args.quick, rows, rng, families, args.shapes, args.kernels, dtypes)
+            (out / f"matmul_kernels_standalone_{tag}.json").write_text(
                 json.dumps(dict(info, rows=rows), indent=1))
             log(f"\n## matmul kernels vs torch — {rt.name}, {info['date']}\n")
             for line in table:

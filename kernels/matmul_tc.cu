@@ -1,6 +1,11 @@
 // matmul_tc.cu - tensor-core matmul for the ops matmul_tc, matmul_tc_bf16 (sync
 // loads) and matmul_tc_async, matmul_tc_bf16_async (cp.async pipeline), any sm_80+.
-// (On sm_90 the _async ops run matmul_tc_wgmma.cu when its rule holds; see there.)
+// On sm_90, when the 16-byte rule holds and no split-K applies, both the sync and the
+// async ops run matmul_tc_wgmma.cu instead (sync: matmul_tc_wgsync_*, async:
+// matmul_tc_tma_*). Issue 4 ruling (the lead): "sync" means the global->shared copies are
+// synchronous (ld.global -> registers -> st.shared; no cp.async, no TMA); the MMA
+// instruction may be wgmma on sm_90(a), while mma.sync (this file) stays the path on
+// sm_80/89 and for the _s (element-load) and split-K cases.
 //
 // MATH  C[b] = A[b] . B[b]   A: [M,K], B: [K,N] of f16 or bf16, C: [M,N] f32.
 //   Products of the 16-bit inputs are summed in f32 by

@@ -1,78 +1,113 @@
 // minigrad-arch: sm_90a
-// matmul_tc_wgmma.cu - Hopper (sm_90a) path of the ops matmul_tc_async and
-// matmul_tc_bf16_async: cp.async multi-stage pipeline + wgmma (warpgroup MMA).
+// matmul_tc_wgmma.cu - Hopper (sm_90a) kernels of the matmul family: wgmma (warpgroup
+// MMA) fed three ways.
+//   matmul_tc_tma_*     TMA + wgmma, warp-specialized, persistent, 2-CTA clusters with TMA
+//                       multicast: the sm_90 path of matmul_tc_async / matmul_tc_bf16_async.
+//   matmul_tc_wgsync_*  synchronous copies + wgmma: the sm_90 path of matmul_tc /
+//                       matmul_tc_bf16. Issue 4 ruling (the lead): "sync" means that the
+//                       global->shared copies are synchronous - ld.global into registers,
+//                       st.shared - with no cp.async and no TMA; the MMA instruction may be
+//                       wgmma on sm_90(a), while mma.sync (matmul_tc.cu) stays the path on
+//                       sm_80/89 and wherever these kernels' rules do not hold.
+//   matmul_tc_wgmma_*   cp.async + wgmma (the first Hopper kernels): the fallback of the
+//                       async ops when a tensor map is refused, and their split-K path.
 //
 // MATH  C[b] = A[b] . B[b], A: [M,K], B: [K,N] f16 or bf16, C: [M,N] f32, products summed
-//   in f32 by wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}: the same function
-//   as matmul_tc.cu (oracle A.astype(f32) @ B.astype(f32)). Any M, N, K >= 1: rows,
-//   columns and the K tail past the edges are zero-filled by cp.async (src-size) and
-//   stores are predicated.
+//   in f32 by wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}: the same function as
+//   matmul_tc.cu (oracle A.astype(f32) @ B.astype(f32)). Any M, N, K >= 1: TMA fills
+//   everything outside the tensor with zeros (rows, columns and the K tail), the
+//   synchronous and cp.async loaders zero-fill explicitly; stores are predicated.
+//   Layout letters as matmul_tc.cu: A 'n' A[m*lda+k], A 't' A[k*lda+m]; B 'n'
+//   B[k*ldb+n], B 't' B[n*ldb+k] (a transposed view: nn.Linear's weight, Bt of dA).
 //
-// ENTRY POINTS (extern "C"; same arguments, same layout letters as matmul_tc.cu)
-//   matmul_tc_wgmma_{f16,bf16}_{nn,nt,tn,tt}_n256   block tile 128 x 256, 4 stages
-//   matmul_tc_wgmma_{f16,bf16}_{nn,nt,tn,tt}_n128   block tile 128 x 128, 6 stages
-//   Layout letters: A 'n' A[m*lda+k], A 't' A[k*lda+m]; B 'n' B[k*ldb+n], B 't' B[n*ldb+k].
+// ENTRY POINTS (extern "C")
+//   matmul_tc_tma_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}c{2,1}   block tile 128 x BN, c2: a
+//       cluster of 2 CTAs (__cluster_dims__(2,1,1)) stacked along M that share B
+//   matmul_tc_wgsync_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}     block tile 128 x BN
+//   matmul_tc_wgmma_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}      block tile 128 x BN
 //
-// ARGUMENTS (PyCUDA format "PPPqqqqqqiiii"), as matmul_tc.cu:
-//   const u16* A, const u16* B, float* C, int64 lda, ldb, ldc, int64 strideA, strideB,
-//   strideC (batch strides in elements; 0 allowed for A or B), int M, N, K, batch.
+// ARGUMENTS
+//   tma (PyCUDA format "Q"*pad/8 + "Q"*32 + "Pqqiiiiiii"):
+//     CUtensorMap tmA, tmB (128 B each, by value, __grid_constant__), float* C,
+//     int64 ldc, strideC, int M, N, K, batch, batA, batB, group.
+//     PADDING: a 64-byte-aligned parameter sits at a 64-byte-aligned constant-bank
+//     address and sm_90 parameters start at bank offset 0x210, so tmA is at parameter
+//     offset 48 (cubin .nv.info EIATTR_KPARAM_INFO; 0x164 bytes in all). A launcher that
+//     packs the parameter buffer itself (PyCUDA) must put 48 bytes before tmA; read the
+//     offset from the cubin (minigrad/backend/cuda/ops_matmul.py: tma_pad, kparam_offsets).
+//   wgsync (format "PPPqqqqqqiiiii"): A, B, C, lda, ldb, ldc, strideA, strideB, strideC,
+//     M, N, K, batch, group.
+//   wgmma (format "PPPqqqqqqiiii"): as matmul_tc.cu.
+//   Batch strides in elements (0: the operand is shared by the batch); `group` = unit
+//   rows per raster group (8 for tma, 16 for wgsync: measured).
 //
-// LAUNCH (host side)
-//   Only on a device of compute capability 9.0 (the cubin is sm_90a).
-//   block = (256,1,1); grid = (ceil(M/128) * ceil(N/BN), 1, min(batch, 65535)).
-//   Dynamic shared memory MTW_SMEM = 197632 B for both tiles (4 x 48 KB or 6 x 32 KB,
-//   + 1 KB to align the stages to 1024 B, which the 128-byte swizzle needs); raise
-//   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to 197632 first.
-//   Legal only when the 16-byte rule holds (same as matmul_tc.cu's _v): lda, ldb,
-//   strideA, strideB multiples of 8 elements and A, B 16-byte aligned. Otherwise use
-//   matmul_tc_async_*_s from matmul_tc.cu. M, N, K need not be multiples of anything.
-//   Tile choice (measured on H200): n128 when N <= 128; otherwise n256 iff
-//   1.8 * ceil(b256 / SMs) <= ceil(b128 / SMs), b256 = ceil(M/128)*ceil(N/256)*batch
-//   and b128 = ceil(M/128)*ceil(N/128)*batch blocks (i.e. fewer wave-quantised units
-//   of work, a 128x256 block counting 1.8 of a 128x128 one). Both give the same numbers.
+// LAUNCH (host side; only on a device of compute capability 9.0: the cubin is sm_90a)
+//   Legal only under the 16-byte rule of matmul_tc.cu's _v kernels (lda, ldb, strideA,
+//   strideB multiples of 8 elements, A and B 16-byte aligned); M, N, K anything.
+//   tma, wgsync: block (384,1,1) = 3 warpgroups. Dynamic shared memory MTW_WS_SMEM_N256 =
+//     197696 B (4 stages of 48 KB + barriers + 1 KB of alignment) or MTW_WS_SMEM_N128 =
+//     230512 B (7 stages of 32 KB); raise the attribute first. Persistent grid:
+//     units = ceil(ceil(M/128)/CM) * ceil(N/BN) * batch (CM = cluster size, 1 for wgsync),
+//     grid = (CM * min(units, SMs / CM), 1, 1) (a multiple of CM; 66 2-CTA clusters of
+//     these kernels were co-resident on a 132-SM H200: cuOccupancyMaxActiveClusters).
+//   tma tensor maps (cuTensorMapEncodeTiled, 16-bit type, rank 3 = {contiguous dim,
+//     other dim, batch}, byte strides {2*ld, 2*strideX or the whole matrix when
+//     strideX = 0}, SWIZZLE_128B, OOB fill zeros, L2 promotion 256 B), boxes:
+//       A 'n' {64 k, 128 m};  A 't' {64 m, 64 k};  B 't' {64 k, BN/CM n};  B 'n' {64 n, 64 k}.
+//     batA / batB = 1 when the operand has a batch stride, else 0 (batch coordinate 0).
+//     Where the driver refuses a map, use matmul_tc_wgmma_*.
+//   Tile choice (measured on H200; ops_matmul.ws_tile): BN = 256 iff
+//     1.8 * ceil(b256/SMs) < ceil(b128/SMs) (b = 128 x BN tiles, times batch), else 128;
+//     CM = 2 except BN = 128 with N <= 512 (CM = 1).
+//   wgmma: block (256,1,1), grid (ceil(M/128)*ceil(N/BN), 1, min(batch, 65535)), dynamic
+//     shared memory MTW_SMEM = 197632 B.
 //   C: any ldc >= N; float2 stores when ldc is even and C 8-byte aligned.
 //
-// ALGORITHM AND TILES
-//   256 threads = 2 warpgroups; warpgroup w computes rows [64w, 64w+64) of the
-//   128 x BN block tile with one m64nBNk16 wgmma per 16 of K (BN/2 f32 accumulators
-//   per thread: 128 for n256). K advances 64 per stage. All 256 threads load: each
-//   K tile is 128x64 of A plus 64xBN of B, copied as 16-byte cp.async.cg chunks into
-//   the canonical 128-byte-swizzled wgmma layouts (a 128-byte row of 64 elements,
-//   16-byte chunk j of row r stored at chunk j ^ (r % 8), 8 rows = one 1 KB atom):
-//     K-major  (A 'n', B 't'): smem row = one m (or n), 64 k;        descriptor
-//              SBO = 1024 (next 8 rows), LBO unused; k16 step j: start + 32 j bytes.
-//     MN-major (A 't', B 'n'): smem row = one k, 64 m (or n); blocks of 64 m/n are
-//              8 KB apart: LBO = 8192 (next 64 m/n), SBO = 1024 (next 8 k);
-//              k16 step j: start + 2048 j bytes; wgmma's transpose bit set.
-//   The copy keeps each operand's global layout, so no operand is ever transposed in
-//   memory: the wgmma transpose bits (f16/bf16 only) absorb the layout.
-//   Pipeline (S stages, S-2 tiles in flight while one is computed, one barrier per
-//   K tile):
-//     wait for tile kt (cp.async.wait_group S-3), fence.proxy.async (cp.async writes
-//     are generic-proxy, wgmma reads async-proxy), __syncthreads;
-//     issue 4 wgmma on stage kt, commit;
-//     refill stage (kt-2) % S with tile kt+S-2: the barrier proves every warpgroup
-//     passed wgmma.wait_group 1 in iteration kt-1, i.e. wgmma(kt-2) is done reading it;
-//     wgmma.wait_group 1 (wgmma(kt-1) done, wgmma(kt) may still run).
-//   So the tensor cores always have the next tile's wgmma queued behind the current
-//   one, and global loads are issued ~2 (n256) or ~4 (n128) K tiles ahead.
-//   Blocks are ordered in groups of 8 block-rows (GROUP_M) for L2 reuse.
-//   Why not TMA: a tensor map per operand must be encoded on the host
-//   (cuTensorMapEncodeTiled) and passed as a 128-byte __grid_constant__ parameter,
-//   which the PyCUDA launch path does not do; cp.async needs nothing from the host
-//   and handles any edge with src-size zero fill.
+// ALGORITHM (tma, wgsync: one template, mtw::ws_gemm)
+//   Warpgroup 0 produces, warpgroups 1 and 2 consume; each consumer computes 64 x BN of
+//   the 128 x BN tile (one m64nBNk16 wgmma per 16 of K, BN/2 f32 accumulators per
+//   thread); K advances 64 per stage. Shared memory holds a ring of S stages (A tile
+//   16 KB + B tile BN*128 B) in the canonical 128-byte-swizzled wgmma layouts (a
+//   128-byte row of 64 elements, 16-byte chunk j of row r at chunk j ^ (r % 8)):
+//     K-major (A 'n', B 't'): rows = m (n), descriptor SBO 1024; k16 step j: +32 B.
+//     MN-major (A 't', B 'n'): rows = k, 64-wide m (n) blocks 8 KB apart: LBO 8192,
+//       SBO 1024; k16 step j: +2048 B; wgmma's transpose bit set. So no operand is ever
+//       transposed in memory (the TMA boxes / copies keep the global layout).
+//   Two mbarriers per stage: full (the producer's arrival + the transaction bytes for
+//   TMA; 128 producer-thread arrivals for wgsync) and empty (one arrival per consumer
+//   warpgroup per CTA of the cluster: 2 * CM). A consumer waits on full, issues its 4
+//   wgmma, commits, waits for the previous stage's wgmma (wgmma.wait_group 1) and then
+//   releases that stage (on every CTA of its cluster: mapa + mbarrier.arrive
+//   .shared::cluster). The producer waits on empty, then fills the stage:
+//     tma: one thread; arrive.expect_tx(48 KB / 32 KB), then the A box(es) into its own
+//       CTA and, with CM = 2, its half of the B tile multicast to both CTAs (each CTA
+//       reads 32 KB per stage from L2 instead of 48 KB for n256); setmaxnreg: producer 40,
+//       consumers 232.
+//     wgsync: all 128 threads; ld.global (16 B; element loads for a chunk that crosses
+//       the end of a row) of a whole stage into registers (24 chunks per thread for n256),
+//       wait on empty, st.shared, fence.proxy.async (generic-proxy writes that wgmma
+//       reads), arrive; setmaxnreg: producer 152, consumers 176.
+//   Persistent: CTA (cluster) c takes units c, c + grid/CM, ...; a unit's row of tiles
+//   and column are ordered in groups of `group` unit rows (L2 reuse). The epilogue
+//   stores the f32 tile straight from registers while the producer is already loading
+//   the next unit's stages. Clusters: barrier.cluster after the barrier init (so that no
+//   remote arrival or multicast meets an uninitialised barrier) and before exit (so that
+//   none targets an exited CTA).
+//   wgmma_* (cp.async): 256 threads load all stages with cp.async (src-size zero fill),
+//   S-2 tiles in flight (S = 4 for n256, 6 for n128), one block barrier per K tile.
 //
-// MEASURED (H200, 2026-11-27, benchmarks/notes_matmul.md): 4096^3 f16 n256 484-551
-//   TFLOP/s (66-74% of cuBLAS f32-out 731-743), 8192^3 465-474 (71-74% of 632-667).
-//   Likely limits (inferred from rates, no profiler run): a 128x256 block gets 85 flop
-//   per byte read from L2, and 5-7 TB/s of L2->SM traffic means 480-600 TFLOP/s;
-//   cuBLAS gets past that with 2-block clusters and TMA multicast (one L2 read feeds
-//   two SMs). Only ~2 K tiles are in flight per block. A warp-specialized variant
-//   (producer warpgroup + mbarriers, persistent or not) measured 5-15% slower; a
-//   192x256 block does not fit (a 512-thread block compiles to 128 registers/thread
-//   whatever setmaxnreg asks, and 128 accumulators need more).
-// RESOURCES (nvcc 13.0 -Xptxas -v): n256 176-180 regs, n128 111-120 regs, no spills;
-//   SASS: HGMMA.64x256x16 / 64x128x16, LDGSTS.E.BYPASS.128.ZFILL, no local memory.
+// MEASURED (H200, 2026-11-27, benchmarks/notes_matmul.md, session 2; ratios against
+//   torch.mm(out_dtype=f32) on the same card in the same process, worst of 5 medians):
+//   tma n256c2: 4096^3 705-731 TFLOP/s = 0.96 (nn, nt, tn; f16 and bf16); 8192^3 633-662
+//     = 0.97-1.00. n256c1 (no multicast): 604-646 = 0.82-0.85 at 4096^3. wgmma n256
+//     (cp.async): 503-565 = 0.69-0.74.
+//   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279).
+//     The copies through registers move ~48 KB per ~2 us per SM (13-15 B/clk): the
+//     register-staged mma.sync kernels stop at the same rate; see the notes.
+// RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
+//   rebalances), no spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
+//   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
+//   wgmma: n256 176-180 regs, n128 111-120, no spills.
 #include "common.cuh"
 
 namespace mtw {
@@ -80,6 +115,11 @@ namespace mtw {
 typedef unsigned short u16;
 
 constexpr int BM = 128, BK = 64, NT = 256, GROUP_M = 8;
+// setmaxnreg split of the sync (ld.global) warp-specialized kernels: 128 x P + 256 x C <= 65536
+#ifndef WS_LDG_PRODUCER_REGS
+#define WS_LDG_PRODUCER_REGS 152
+#define WS_LDG_CONSUMER_REGS 176
+#endif
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
 static_assert(SMEM_BYTES == 6 * (BM * BK * 2 + 128 * BK * 2) + 1024, "both tiles use the same");
 
@@ -100,7 +140,7 @@ template <int N, class DT, int TA, int TB> struct Wgmma;
 #define MTW_WGMMA_256(DT, TY)                                                                                                      \
     template <int TA, int TB> struct Wgmma<256, DT, TA, TB> {                                                                      \
         static __device__ __forceinline__ void run(float (&d)[128], unsigned long long da,                                         \
-                                                   unsigned long long db) {                                                        \
+                                                   unsigned long long db, int scale_d = 1) {                                       \
             asm volatile(                                                                                                          \
                 "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                                      \
                 "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                                                      \
@@ -129,13 +169,13 @@ template <int N, class DT, int TA, int TB> struct Wgmma;
                   , "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]) \
                   , "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]) \
                   , "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
-                : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                                     \
+                : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));                                                                     \
         }                                                                                                                          \
     };
 #define MTW_WGMMA_128(DT, TY)                                                                                              \
     template <int TA, int TB> struct Wgmma<128, DT, TA, TB> {                                                              \
         static __device__ __forceinline__ void run(float (&d)[64], unsigned long long da,                                  \
-                                                   unsigned long long db) {                                                \
+                                                   unsigned long long db, int scale_d = 1) {                               \
             asm volatile(                                                                                                  \
                 "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                               \
                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                                              \
@@ -152,7 +192,7 @@ template <int N, class DT, int TA, int TB> struct Wgmma;
                   , "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) \
                   , "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]) \
                   , "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));                                                             \
+                : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));                                                             \
         }                                                                                                                  \
     };
 
@@ -346,6 +386,338 @@ __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __res
     }
 }
 
+
+// =====================================================================================
+// Warp-specialized, persistent kernels: matmul_tc_tma_* (TMA loads) and
+// matmul_tc_wgsync_* (synchronous ld.global -> st.shared loads). See the header.
+// =====================================================================================
+struct __align__(64) TmaDesc { unsigned long long v[16]; };   // a CUtensorMap, by value
+
+constexpr int WS_THREADS = 384;   // warpgroup 0 produces, warpgroups 1 and 2 consume
+
+template <int BN> struct WsCfg {
+    static constexpr int A_BYTES = BM * BK * 2;                   // 16 KB
+    static constexpr int B_BYTES = BN * BK * 2;                   // 32 / 16 KB
+    static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    static constexpr int STAGES = BN == 256 ? 4 : 7;              // as many as fit in 227 KB
+    static constexpr int BAR_OFF = STAGES * STAGE_BYTES;          // full[S] then empty[S]
+    static constexpr int SMEM = 1024 + BAR_OFF + 16 * STAGES;     // + 1 KB to align to 1024
+};
+static_assert(WsCfg<256>::SMEM == 197696 && WsCfg<128>::SMEM == 230512, "documented");
+static_assert(WsCfg<128>::SMEM <= 232448, "227 KB per block");
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
+}
+// arrive on the barrier at the same shared offset in CTA `cta` of this cluster
+__device__ __forceinline__ void mbar_arrive_cta(unsigned bar, unsigned cta) {
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n"
+                 :: "r"(bar), "r"(cta) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+                 :: "r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_load(unsigned dst, const TmaDesc* map, unsigned bar,
+                                         int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%3, %4, %5}], [%2];\n"
+                 :: "r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+// the same box written at offset `dst` of every CTA in `mask`, each CTA's barrier at `bar`
+__device__ __forceinline__ void tma_load_mc(unsigned dst, const TmaDesc* map, unsigned bar,
+                                            int c0, int c1, int c2, unsigned short mask) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;\n"
+                 :: "r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(mask)
+                 : "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync() {   // every thread of the cluster
+    asm volatile("barrier.cluster.arrive.release;\n"
+                 "barrier.cluster.wait.acquire;\n" ::: "memory");
+}
+template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(R));
+}
+template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(R));
+}
+
+// Work unit u -> (batch entry, this CTA's tile origin m0, n0). A unit is CM tiles
+// stacked along M (one per CTA of the cluster, same n0: they share the B tile).
+// Units are ordered in groups of `group` unit-rows for L2 reuse.
+template <int BN, int CM> struct Sched {
+    int units_m, units_n, per_batch, group;
+    __device__ __forceinline__ void init(int M, int N, int group_) {
+        const int tiles_m = (M + BM - 1) / BM;
+        units_m = (tiles_m + CM - 1) / CM;
+        units_n = (N + BN - 1) / BN;
+        per_batch = units_m * units_n;
+        group = max(group_, 1);
+    }
+    __device__ __forceinline__ void coords(int u, unsigned rank, int& bat, int& m0, int& n0) const {
+        bat = u / per_batch;
+        const int r = u - bat * per_batch;
+        const int width = group * units_n;
+        const int first = (r / width) * group;
+        const int gsz = min(units_m - first, group);
+        const int w = r % width;
+        m0 = ((first + w % gsz) * CM + (int)rank) * BM;
+        n0 = (w / gsz) * BN;
+    }
+};
+
+// One operand tile over the 128 producer threads, as 16-byte chunks (synchronous
+// loads): ROWS x COLS elements of the global operand (rows `ld` apart), stored like the
+// TMA boxes: COLS/64 blocks of ROWS x 128 B, 128-byte swizzle. Thread t owns chunk
+// column t % CPR of rows t / CPR + i * RSTEP.
+template <int ROWS, int COLS> struct LdgTile {
+    static constexpr int CPR = COLS / 8, RSTEP = 128 / CPR, P = ROWS / RSTEP;
+    static_assert(128 % CPR == 0 && ROWS % RSTEP == 0, "");
+    int r0, ch;
+    __device__ __forceinline__ void init(int t) { r0 = t / CPR; ch = t % CPR; }
+    __device__ __forceinline__ void fetch(uint4 (&v)[P], const u16* g, long long ld, int row0,
+                                          int col0, int row_lim, int col_lim) const {
+        const int col = col0 + ch * 8;
+        const int nc = min(max(col_lim - col, 0), 8);
+        const u16* p = g + (long long)(row0 + r0) * ld + col;
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+            const int n = row0 + r0 + i * RSTEP < row_lim ? nc : 0;
+            const u16* src = p + (long long)(i * RSTEP) * ld;
+            if (n == 8) {
+                v[i] = __ldg(reinterpret_cast<const uint4*>(src));
+            } else {                     // tail or outside: element loads, zero fill
+                unsigned w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                    if (e < n) w[e >> 1] |= (unsigned)src[e] << (16 * (e & 1));
+                v[i] = make_uint4(w[0], w[1], w[2], w[3]);
+            }
+        }
+    }
+    __device__ __forceinline__ void stash(unsigned sbase, const uint4 (&v)[P]) const {
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+            const int r = r0 + i * RSTEP;
+            const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + r * 128
+                             + (((ch & 7) ^ (r & 7)) << 4);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
+                         :: "r"(a), "r"(v[i].x), "r"(v[i].y), "r"(v[i].z), "r"(v[i].w)
+                         : "memory");
+        }
+    }
+};
+
+struct WsArgs {
+    const TmaDesc* tmA; const TmaDesc* tmB;     // TMA kernels
+    const u16* A; const u16* B;                 // sync kernels
+    float* C;
+    long long lda, ldb, ldc, sA, sB, sC;
+    int M, N, K, batch, batA, batB, group;
+};
+
+// Producer, TMA: one thread. Boxes (host-encoded, 3-d maps {inner, outer, batch}):
+// A 'n' 64 k x 128 m; A 't' 64 m x 64 k (two per tile); B 't' 64 k x BN/CM n (one per
+// CTA, multicast to the cluster); B 'n' 64 n x 64 k (BN/64/CM per CTA, multicast).
+template <bool AT, bool BT, int BN, int CM>
+__device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>& sc,
+                                            unsigned sbase, unsigned rank, int units,
+                                            int unit0, int ustep, int KT) {
+    using CF = WsCfg<BN>;
+    constexpr int S = CF::STAGES;
+    constexpr unsigned short MASK = (1u << CM) - 1;
+    const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
+    asm volatile("prefetch.tensormap [%0];\n" :: "l"(a.tmA) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" :: "l"(a.tmB) : "memory");
+    int s = 0;
+    unsigned ph = 0;
+    for (int u = unit0; u < units; u += ustep) {
+        int bat, m0, n0;
+        sc.coords(u, rank, bat, m0, n0);
+        const int ba = bat * a.batA, bb = bat * a.batB;
+        for (int kt = 0; kt < KT; ++kt) {
+            mbar_wait(empty0 + 8 * s, ph ^ 1);          // every consumer of the cluster is done
+            const unsigned full = full0 + 8 * s;
+            mbar_expect_tx(full, CF::STAGE_BYTES);      // own A + all of B (peer's half too)
+            const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
+            const int k0 = kt * BK;
+            if (!AT) {
+                tma_load(sa, a.tmA, full, k0, m0, ba);
+            } else {
+                tma_load(sa, a.tmA, full, m0, k0, ba);
+                tma_load(sa + 8192, a.tmA, full, m0 + 64, k0, ba);
+            }
+            if (BT) {
+                constexpr int R = BN / CM;
+                if (CM == 1) tma_load(sb, a.tmB, full, k0, n0, bb);
+                else tma_load_mc(sb + rank * R * 128, a.tmB, full, k0, n0 + (int)rank * R, bb, MASK);
+            } else {
+                constexpr int NB = BN / 64 / CM;
+#pragma unroll
+                for (int h = 0; h < NB; ++h) {
+                    const int blk = (int)rank * NB + h;
+                    if (CM == 1) tma_load(sb + blk * 8192, a.tmB, full, n0 + 64 * blk, k0, bb);
+                    else tma_load_mc(sb + blk * 8192, a.tmB, full, n0 + 64 * blk, k0, bb, MASK);
+                }
+            }
+            if (++s == S) { s = 0; ph ^= 1; }
+        }
+    }
+}
+
+// Producer, synchronous: the 128 threads of warpgroup 0 load a whole stage into
+// registers (ld.global, 16 B: 24 chunks per thread for BN 256), wait for the stage to be
+// free, store it (st.shared), fence.proxy.async (generic-proxy writes read by wgmma) and
+// arrive on its full barrier (count 128). (A variant that moved the stage in three parts
+// of 8 chunks, loading each part for the next stage right after storing it, with one
+// arrival per warp, measured 25-30% slower: benchmarks/notes_matmul.md.)
+template <bool AT, bool BT, int BN>
+__device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>& sc,
+                                            unsigned sbase, int units, int unit0, int ustep,
+                                            int KT, int t) {
+    using CF = WsCfg<BN>;
+    constexpr int S = CF::STAGES;
+    const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
+    LdgTile<AT ? BK : BM, AT ? BM : BK> la;
+    LdgTile<BT ? BN : BK, BT ? BK : BN> lb;
+    la.init(t);
+    lb.init(t);
+    uint4 ra[decltype(la)::P], rb[decltype(lb)::P];
+    int s = 0;
+    unsigned ph = 0;
+    for (int u = unit0; u < units; u += ustep) {
+        int bat, m0, n0;
+        sc.coords(u, 0, bat, m0, n0);
+        const u16* Ab = a.A + bat * a.sA;
+        const u16* Bb = a.B + bat * a.sB;
+        for (int kt = 0; kt < KT; ++kt) {
+            const int k0 = kt * BK;
+            if (AT) la.fetch(ra, Ab, a.lda, k0, m0, a.K, a.M);
+            else    la.fetch(ra, Ab, a.lda, m0, k0, a.M, a.K);
+            if (BT) lb.fetch(rb, Bb, a.ldb, n0, k0, a.N, a.K);
+            else    lb.fetch(rb, Bb, a.ldb, k0, n0, a.K, a.N);
+            mbar_wait(empty0 + 8 * s, ph ^ 1);
+            const unsigned sa = sbase + s * CF::STAGE_BYTES;
+            la.stash(sa, ra);
+            lb.stash(sa + CF::A_BYTES, rb);
+            fence_proxy_async();
+            mbar_arrive(full0 + 8 * s);
+            if (++s == S) { s = 0; ph ^= 1; }
+        }
+    }
+}
+
+// Consumer warpgroup cw (0 or 1): rows [64 cw, 64 cw + 64) of each 128 x BN tile, one
+// m64nBNk16 wgmma per 16 of K; releases a stage once the wgmma that read it is done
+// (wgmma.wait_group 1 after issuing the next), f32 tile stored straight from registers.
+template <class DT, bool AT, bool BT, int BN, int CM>
+__device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc,
+                                        unsigned sbase, unsigned rank, int units, int unit0,
+                                        int ustep, int KT, int cw, int wtid) {
+    using CF = WsCfg<BN>;
+    constexpr int S = CF::STAGES;
+    const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    int s = 0;
+    unsigned ph = 0;
+    for (int u = unit0; u < units; u += ustep) {
+        int bat, m0, n0;
+        sc.coords(u, rank, bat, m0, n0);
+        int sprev = 0;
+        for (int kt = 0; kt < KT; ++kt) {
+            mbar_wait(full0 + 8 * s, ph);
+            const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
+            reg_fence(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int j = 0; j < BK / 16; ++j) {
+                const unsigned long long da = AT
+                    ? desc(sa + cw * 8192 + j * 2048, 8192, 1024)     // MN-major: 64-m block cw
+                    : desc(sa + cw * 8192 + j * 32, 16, 1024);        // K-major: rows 64cw..
+                const unsigned long long db = BT
+                    ? desc(sb + j * 32, 16, 1024)                      // K-major
+                    : desc(sb + j * 2048, 8192, 1024);                 // MN-major, 64-n blocks
+                Wgmma<BN, DT, AT ? 1 : 0, BT ? 0 : 1>::run(acc, da, db, (kt | j) ? 1 : 0);
+            }
+            wgmma_commit();
+            reg_fence(acc);
+            wgmma_wait<1>();                     // the wgmma of the previous stage is done
+            if (kt > 0 && wtid == 0) {
+                if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
+                else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
+            }
+            sprev = s;
+            if (++s == S) { s = 0; ph ^= 1; }
+        }
+        wgmma_wait<0>();
+        reg_fence(acc);
+        if (wtid == 0) {
+            if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
+            else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
+        }
+        store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc);
+    }
+}
+
+template <class DT, bool AT, bool BT, int BN, int CM, bool TMA>
+__device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw) {
+    using CF = WsCfg<BN>;
+    constexpr int S = CF::STAGES;
+    static_assert(TMA || CM == 1, "the sync kernels do not use clusters");
+    const int tid = threadIdx.x;
+    const unsigned sbase = (mg_smem_addr(smem_raw) + 1023u) & ~1023u;
+    const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
+    const unsigned rank = CM > 1 ? cluster_rank() : 0u;
+    if (tid == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(full0 + 8 * s, TMA ? 1 : 128);
+            mbar_init(empty0 + 8 * s, 2 * CM);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if (CM > 1) cluster_sync(); else __syncthreads();
+    Sched<BN, CM> sc;
+    sc.init(a.M, a.N, a.group);
+    const int units = sc.per_batch * a.batch;
+    const int KT = (a.K + BK - 1) / BK;
+    const int unit0 = blockIdx.x / CM, ustep = gridDim.x / CM;
+    if (tid < 128) {
+        if constexpr (TMA) {
+            setmaxnreg_dec<40>();
+            if (tid == 0) produce_tma<AT, BT, BN, CM>(a, sc, sbase, rank, units, unit0, ustep, KT);
+        } else {
+            setmaxnreg_dec<WS_LDG_PRODUCER_REGS>();
+            produce_ldg<AT, BT, BN>(a, sc, sbase, units, unit0, ustep, KT, tid);
+        }
+    } else {
+        if constexpr (TMA) setmaxnreg_inc<232>();
+        else               setmaxnreg_inc<WS_LDG_CONSUMER_REGS>();
+        consume<DT, AT, BT, BN, CM>(a, sc, sbase, rank, units, unit0, ustep, KT,
+                                    (tid >> 7) - 1, tid & 127);
+    }
+    if (CM > 1) cluster_sync();
+}
 }  // namespace mtw
 
 extern __shared__ __align__(1024) unsigned char mtw_dyn_smem[];
@@ -373,3 +745,56 @@ extern __shared__ __align__(1024) unsigned char mtw_dyn_smem[];
 
 MTW_TILE(256)
 MTW_TILE(128)
+
+// ---- warp-specialized entries ----
+#define MTW_TMA_ENTRY(NAME, DT, AT, BT, BN, CM, ATTR)                                         \
+    extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) ATTR NAME(               \
+        const __grid_constant__ mtw::TmaDesc tmA, const __grid_constant__ mtw::TmaDesc tmB,  \
+        float* __restrict__ C, long long ldc, long long sC, int M, int N, int K, int batch,   \
+        int batA, int batB, int group) {                                                      \
+        const mtw::WsArgs a{&tmA, &tmB, nullptr, nullptr, C, 0, 0, ldc, 0, 0, sC,             \
+                            M, N, K, batch, batA, batB, group};                               \
+        mtw::ws_gemm<mtw::DT, AT, BT, BN, CM, true>(a, mtw_dyn_smem);                         \
+    }
+#define MTW_SYNC_ENTRY(NAME, DT, AT, BT, BN)                                                   \
+    extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) NAME(                    \
+        const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,           \
+        float* __restrict__ C, long long lda, long long ldb, long long ldc, long long sA,     \
+        long long sB, long long sC, int M, int N, int K, int batch, int group) {              \
+        const mtw::WsArgs a{nullptr, nullptr, A, B, C, lda, ldb, ldc, sA, sB, sC,             \
+                            M, N, K, batch, 1, 1, group};                                     \
+        mtw::ws_gemm<mtw::DT, AT, BT, BN, 1, false>(a, mtw_dyn_smem);                         \
+    }
+#define MTW_CLUSTER2 __cluster_dims__(2, 1, 1)
+#define MTW_NOATTR
+#define MTW_TMA_SET(SUF, BN, CM, ATTR)                                                         \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_nn_##SUF, F16, false, false, BN, CM, ATTR)                \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_nt_##SUF, F16, false, true, BN, CM, ATTR)                 \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_tn_##SUF, F16, true, false, BN, CM, ATTR)                 \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_tt_##SUF, F16, true, true, BN, CM, ATTR)                  \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nn_##SUF, BF16, false, false, BN, CM, ATTR)              \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nt_##SUF, BF16, false, true, BN, CM, ATTR)               \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tn_##SUF, BF16, true, false, BN, CM, ATTR)               \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tt_##SUF, BF16, true, true, BN, CM, ATTR)
+
+MTW_TMA_SET(n256c2, 256, 2, MTW_CLUSTER2)
+MTW_TMA_SET(n256c1, 256, 1, MTW_NOATTR)
+MTW_TMA_SET(n128c2, 128, 2, MTW_CLUSTER2)
+MTW_TMA_SET(n128c1, 128, 1, MTW_NOATTR)
+
+#define MTW_SYNC_SET(BN)                                                                       \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nn_n##BN, F16, false, false, BN)                      \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nt_n##BN, F16, false, true, BN)                       \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tn_n##BN, F16, true, false, BN)                       \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tt_n##BN, F16, true, true, BN)                        \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nn_n##BN, BF16, false, false, BN)                    \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nt_n##BN, BF16, false, true, BN)                     \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tn_n##BN, BF16, true, false, BN)                     \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tt_n##BN, BF16, true, true, BN)
+
+MTW_SYNC_SET(256)
+MTW_SYNC_SET(128)
+
+// Dynamic shared memory of the warp-specialized kernels (host: raise the attribute first).
+#define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 197696
+#define MTW_WS_SMEM_N128 (mtw::WsCfg<128>::SMEM)   // 230512

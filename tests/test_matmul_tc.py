@@ -227,11 +227,12 @@ class _FakeFn:
 class _FakeGPU:
     """Backend (the methods ops_matmul uses) and runtime stand-in."""
     BASE = 1 << 20
+    tma_param_pad = 48              # bytes before the first tensor map (sm_90 cubins)
 
     def __init__(self, arch, sms=132, arena=96 << 20):
         self.arch, self.multiprocessors, self.kernels, self.launches = arch, sms, {}, []
         self.mem = np.zeros(arena, np.uint8)
-        self.allocs, self.top = [], 0
+        self.allocs, self.top, self.maps = [], 0, 0
 
     def empty(self, shape, dtype):
         nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -296,6 +297,10 @@ class _FakeGPU:
                 acc += w[:, s]
             self.arr(C, np.float32, (batch, n), (n, 1))[...] = acc
             return
+        mw = re.fullmatch(r"matmul_tc_(tma|wgsync)_(f16|bf16)_([nt])([nt])_n(256|128)(?:c([12]))?", e)
+        if mw:
+            self._launch_ws(fn, mw.groups(), grid, block, args, smem)
+            return
         mt = re.fullmatch(r"matmul_tc_(?:(wgmma|async)_)?(f16|bf16)_([nt])([nt])_"
                           r"(v_w8|v|s|n128|n256)", e)
         assert mt, e
@@ -317,6 +322,58 @@ class _FakeGPU:
         for bat in range(batch):
             a = self.arr(A + 2 * bat * sA, npdt, (M, K), (lda, 1) if la == "n" else (1, lda))
             b = self.arr(B + 2 * bat * sB, npdt, (K, N), (ldb, 1) if lb == "n" else (1, ldb))
+            c = self.arr(C + 4 * bat * sC, np.float32, (M, N), (ldc, 1))
+            c[...] = a.astype(np.float64) @ b.astype(np.float64)
+
+    # TMA tensor maps: the stand-in "encodes" its arguments into the 16 words after
+    # checking the driver's documented rules; the launch decodes them.
+    def tensor_map(self, ptr, dt, dims, strides, box):
+        assert dt in ("f16", "bf16") and len(dims) == 3 and len(strides) == 2 and len(box) == 3
+        assert ptr % 16 == 0 and all(1 <= d <= 2 ** 32 for d in dims)
+        assert all(x % 16 == 0 and 0 < x < 2 ** 40 for x in strides)
+        assert all(1 <= b <= 256 for b in box) and box[0] * 2 <= 128      # 128-byte swizzle
+        self.maps += 1
+        return (ptr, 6 if dt == "f16" else 9, *dims, *strides, *box, 0, 0, 0, 0, 0, 0)
+
+    def _map_view(self, words, npdt, bat):
+        ptr, code, d0, d1, d2, s1, s2, b0, b1, b2 = words[:10]
+        assert code == (6 if npdt is np.float16 else 9) and bat < d2 and b2 == 1
+        return self.arr(ptr + bat * s2, npdt, (d1, d0), (s1 // 2, 1)), (b0, b1)
+
+    def _launch_ws(self, fn, groups, grid, block, args, smem):
+        om = _om()
+        kind, dt, la, lb, bn, cm = groups
+        bn, cm = int(bn), int(cm or 1)
+        assert self.arch.startswith("sm_90") and fn.file == "matmul_tc_wgmma.cu"
+        assert block == om.WS_THREADS and smem == om.WS_SMEM[bn] and smem <= fn.max_smem
+        npdt = np.float16 if dt == "f16" else ml_dtypes.bfloat16
+        if kind == "tma":
+            pad = self.tma_param_pad // 8
+            assert fn.fmt == "Q" * pad + om.TMA_ARGS and len(args) == pad + 42
+            assert args[:pad] == [0] * pad
+            args = args[pad:]
+            ma, mb = args[:16], args[16:32]
+            C, ldc, sC, M, N, K, batch, batA, batB, group = args[32:]
+        else:
+            assert fn.fmt == om.WGSYNC_ARGS
+            A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch, group = args
+            assert lda % 8 == 0 and ldb % 8 == 0 and sA % 8 == 0 and sB % 8 == 0
+            assert A % 16 == 0 and B % 16 == 0
+        assert group >= 1 and K >= 1 and batch >= 1 and ldc >= N
+        units = -(-(-(-M // 128)) // cm) * -(-N // bn) * batch
+        assert grid == (cm * min(units, self.multiprocessors // cm), 1, 1)
+        for bat in range(batch):
+            if kind == "tma":
+                a, box = self._map_view(ma, npdt, bat * batA)
+                assert box == ((64, 128) if la == "n" else (64, 64))
+                a = a if la == "n" else a.T              # map dims: 'n' (K, M), 't' (M, K)
+                b, box = self._map_view(mb, npdt, bat * batB)
+                assert box == ((64, bn // cm) if lb == "t" else (64, 64))
+                b = b.T if lb == "t" else b              # 't' (K, N) -> [N, K]; 'n' (N, K)
+                assert a.shape == (M, K) and b.shape == (K, N)
+            else:
+                a = self.arr(A + 2 * bat * sA, npdt, (M, K), (lda, 1) if la == "n" else (1, lda))
+                b = self.arr(B + 2 * bat * sB, npdt, (K, N), (ldb, 1) if lb == "n" else (1, ldb))
             c = self.arr(C + 4 * bat * sC, np.float32, (M, N), (ldc, 1))
             c[...] = a.astype(np.float64) @ b.astype(np.float64)
 
@@ -373,19 +430,99 @@ def test_split_launcher_emulated(case, arch, pipelined, monkeypatch, rng):
     batch = int(np.prod(sa[:-2]))
     m, k, n = sa[-2], sa[-1], sb[-1]
     e0 = mm[0][0]
-    kernel = "wgmma" if "wgmma" in e0 else "mma_w8" if e0.endswith("w8") else "mma"
-    assert ("wgmma" in e0) == (pipelined and arch == "sm_90" and e0.count("_s") == 0)
+    hopper = arch == "sm_90" and not e0.endswith("_s")     # and the 16-byte rule holds
+    kernel = ("wgmma" if "wgmma" in e0 or "_tma_" in e0 else "mma_w8" if e0.endswith("w8")
+              else "mma")
+    assert ("wgmma" in e0 or "_tma_" in e0) == (pipelined and hopper)
     bn, s, kc = om.plan(m, n, k, batch, 132, kernel)
+    # unsplit sm_90 products run the warp-specialized kernels (TMA / synchronous loads)
+    assert ("_tma_" in e0) == (pipelined and hopper and s == 1)
+    assert ("_wgsync_" in e0) == (not pipelined and hopper and s == 1)
     if force is None:
         assert s > 1 or kernel == "mma_w8", "these shapes are meant to split"
     if s == 1:
-        assert len(mm) == 1 and not sums and mm[0][2][11] == k
+        assert len(mm) == 1 and not sums and mm[0][2][43 if "_tma_" in e0 else 11] == k
+        assert gpu.maps == (2 if "_tma_" in e0 else 0)
         return
     full, rem = divmod(k, kc)
     assert len(sums) == 1 and sums[0][2:] == (m * n, s, batch)
     assert len(mm) == batch * ((full > 0) + (rem > 0))
     ks = sorted({args[11] for _, _, args in mm})
     assert ks == sorted({kc} | ({rem} if rem else set()))
+
+
+# (a shape, b shape, a storage, b storage): unsplit products on sm_90 with the 16-byte rule
+WS_CASES = {
+    "nn": ((130, 72), (72, 264), "n", "n"),
+    "nt": ((130, 72), (72, 264), "n", "t"),
+    "tn": ((136, 72), (72, 264), "t", "n"),
+    "tt": ((136, 72), (72, 264), "t", "t"),
+    "n256": ((2048, 16), (16, 2048), "n", "t"),                  # wide enough for 128 x 256
+    "batched-B-shared": ((3, 40, 24), (24, 136), "n", "n"),
+    "batched-B": ((2, 3, 40, 24), (2, 3, 24, 136), "t", "t"),
+}
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["async-tma", "sync-wgsync"])
+@pytest.mark.parametrize("case", WS_CASES)
+def test_ws_launcher_emulated(case, pipelined, rng):
+    """The warp-specialized sm_90 launches (TMA kernels with their host-encoded tensor
+    maps, synchronous-load kernels) against the stand-in GPU: argument formats, maps,
+    persistent grid, shared memory, tile rule, result."""
+    om = _om()
+    sa, sb, how_a, how_b = WS_CASES[case]
+    gpu = _FakeGPU("sm_90")
+    a = rng.standard_normal(sa).astype(np.float16)
+    b = rng.standard_normal(sb).astype(np.float16)
+    out = om.tc_matmul(gpu, _stored(gpu, a, mg.float16, how_a),
+                       _stored(gpu, b, mg.float16, how_b), pipelined, runtime=gpu)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    got = gpu.buf_arr(out)
+    assert got.shape == ref.shape and _rel(got, ref) < _bound(sa[-1], np.float16)
+    (e, grid, args), = gpu.launches
+    m, n, batch = sa[-2], sb[-1], int(np.prod(sa[:-2]))
+    bn, cm = om.ws_tile(m, n, batch, 132)
+    want = (f"matmul_tc_tma_f16_{how_a}{how_b}_n{bn}c{cm}" if pipelined
+            else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}")
+    assert e == want and gpu.maps == (2 if pipelined else 0)
+
+
+def test_ws_tile_rule():
+    om = _om()
+    assert om.ws_tile(4096, 4096, 1, 132) == (256, 2)
+    assert om.ws_tile(8192, 8192, 1, 132) == (256, 2)
+    assert om.ws_tile(16384, 1152, 1, 132) == (128, 2)      # a wave tie goes to 128
+    assert om.ws_tile(16384, 1536, 1, 132) == (256, 2)
+    assert om.ws_tile(16384, 384, 1, 132) == (128, 1)       # narrow N: no cluster
+    assert om.ws_tile(100, 64, 3, 132) == (128, 1)
+
+
+def test_tma_refused_map_falls_back(monkeypatch, rng):
+    """A tensor map the driver refuses sends the product to the cp.async wgmma kernel."""
+    om = _om()
+    gpu = _FakeGPU("sm_90")
+    monkeypatch.setattr(gpu, "tensor_map", lambda *a, **k: None, raising=False)
+    a = rng.standard_normal((130, 72)).astype(np.float16)
+    b = rng.standard_normal((72, 264)).astype(np.float16)
+    out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
+                       runtime=gpu)
+    assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
+    assert [e for e, _, _ in gpu.launches] == ["matmul_tc_wgmma_f16_nn_n128"]
+
+
+def test_tma_param_padding_from_cubin():
+    """The TMA kernels' first tensor map sits 48 bytes into the parameter buffer on sm_90
+    (read from the compiled cubin's parameter table, which the launcher pads to match)."""
+    from minigrad.backend.cuda import compiler
+    if compiler.compiler_name() == "none":
+        pytest.skip("no CUDA compiler")
+    om = _om()
+    assert om._tma_pad_for("sm_90") == 48
+    path = compiler.kernels_dir() / "matmul_tc_wgmma.cu"
+    cubin = compiler.compile_file(path, "sm_90a")
+    offs = om.kparam_offsets(cubin, "matmul_tc_tma_bf16_tn_n128c1")
+    assert offs[0] == (48, 128) and offs[1] == (176, 128) and offs[2] == (304, 8)
+    assert om.kparam_offsets(cubin, "matmul_tc_wgsync_f16_nn_n256")[0] == (0, 8)
 
 
 def _tensor_stored(x, how, device):

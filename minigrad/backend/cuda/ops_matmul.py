@@ -11,8 +11,16 @@ views, choosing a kernel by the host rules stated in the kernel files' headers:
                    multiples of 8 elements and both pointers 16-byte aligned; else `_s`.
   sync ops         128x256 (`_v_w8`) when N fills 256-wide tiles and there are enough
                    blocks for half the SMs; else 128x128.
-  pipelined ops    on sm_90: cp.async + wgmma (`matmul_tc_wgmma_*`), tile 128 or 256
-                   wide by wave quantisation; elsewhere the 4-stage cp.async kernel.
+  pipelined ops    on sm_90: TMA + wgmma, warp-specialized and persistent, 2-CTA clusters
+                   sharing B by TMA multicast (`matmul_tc_tma_*_n{256,128}c2`), the tensor
+                   maps encoded here (cuTensorMapEncodeTiled through ctypes, cached);
+                   where the driver refuses a map, or split-K applies, cp.async + wgmma
+                   (`matmul_tc_wgmma_*`); elsewhere the 4-stage cp.async kernel.
+  sync ops         on sm_90: wgmma fed by synchronous ld.global -> st.shared copies in a
+                   producer warpgroup (`matmul_tc_wgsync_*`; "sync" = no cp.async, no TMA,
+                   the lead's ruling in issue 4); elsewhere (and for split-K) mma.sync.
+  tile width       128 or 256 by wave quantisation (_wgmma_tile; ws_tile for the
+                   warp-specialized kernels, which also picks the cluster size).
   split-K          when the output has too few tiles to fill the SMs and K is long
                    (dB = Aᵀ·dC of nn.Linear: a K x N output, a reduction over all
                    tokens), K is cut into S chunks: `plan()` below.
@@ -39,14 +47,27 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 from ...dtype import float32
 
 ARGS = "PPPqqqqqqiiii"
 SUM_ARGS = "PPqii"
-_FILES = {False: "matmul_tc.cu", True: "matmul_tc_wgmma.cu"}
+TMA_ARGS = "Q" * 32 + "Pqqiiiiiii"     # two 128-byte tensor maps, C, ldc, strideC, M, N, K,
+                                       # batch, batA, batB, group; after tma_pad() bytes of
+                                       # padding (zeros, as "Q"s) that the launch prepends
+WGSYNC_ARGS = ARGS + "i"               # ARGS, group
+_HOPPER_FILE = "matmul_tc_wgmma.cu"
 _BM = 128
 _SUM_THREADS = 256
+WS_THREADS = 384                       # warp-specialized kernels: producer + 2 consumer WGs
+WS_SMEM = {256: 197696, 128: 230512}   # MTW_WS_SMEM_N256 / _N128
+TMA_GROUP = 8                          # unit-rows per raster group (measured, notes)
+WGSYNC_GROUP = 16
+# switches (tests, benchmark comparisons; env MINIGRAD_MATMUL_TMA=0 / _WGSYNC=0 turn the
+# warp-specialized sm_90 kernels off: cp.async wgmma and mma.sync run instead)
+USE_TMA = os.environ.get("MINIGRAD_MATMUL_TMA", "1") != "0"
+USE_WGSYNC = os.environ.get("MINIGRAD_MATMUL_WGSYNC", "1") != "0"
 
 # ---- split-K heuristic (see plan()) ----
 SPLIT_KMIN = 512        # shortest chunk: 8 wgmma / 16 mma.sync K tiles per block
@@ -93,6 +114,23 @@ def _wgmma_tile(m, n, batch, sms):
     b256 = math.ceil(m / 128) * math.ceil(n / 256) * batch
     b128 = math.ceil(m / 128) * math.ceil(n / 128) * batch
     return 256 if math.ceil(b256 / sms) * 1.8 <= math.ceil(b128 / sms) else 128
+
+
+def ws_tile(m, n, batch, sms):
+    """(BN, CTAs per cluster) of the TMA kernels, measured on an H200 (notes_matmul.md,
+    session 2): 128 x 256 tiles unless 128 x 128 ones make fewer wave-quantised units of
+    work (a 256-wide tile counting 1.8 of a 128-wide one; a tie goes to 128: at
+    16384x1152x384 n128 was 5 % faster); 2-CTA clusters sharing B by multicast (4096^3:
+    706 vs 604 TFLOP/s without), except 128-wide tiles of a narrow N <= 512, where B is
+    small and the single-CTA kernel was 4-7 % faster (N = 384). The synchronous-load
+    kernels use the same tile width."""
+    if n <= 128:
+        bn = 128
+    else:
+        b256 = math.ceil(m / 128) * math.ceil(n / 256) * batch
+        b128 = math.ceil(m / 128) * math.ceil(n / 128) * batch
+        bn = 256 if math.ceil(b256 / sms) * 1.8 < math.ceil(b128 / sms) else 128
+    return bn, (1 if bn == 128 and n <= 512 else 2)
 
 
 def chunks(k: int, s: int, kt: int):
@@ -164,9 +202,148 @@ def _plan(m, n, k, batch, sms, kernel, force):
     return best[1:]
 
 
-def _function(be, rt, name, smem, file=None):
-    fn = be.function(file or _FILES["wgmma" in name], name,
-                     SUM_ARGS if "splitk" in name else ARGS)
+# ---- TMA tensor maps ---------------------------------------------------------------
+_LIBCUDA = None
+_TMAPS: dict = {}
+
+
+def tensor_map(ptr, dt, dims, strides, box):
+    """The 16 uint64 words of a 3-d CUtensorMap over 16-bit elements (`dt` 'f16' or
+    'bf16'; dims innermost first, byte strides of dims 1 and 2, box dims), 128-byte
+    swizzle, zeros outside the tensor; None when the driver refuses it (the caller falls
+    back to cp.async). cuTensorMapEncodeTiled needs no context; cached by arguments."""
+    key = (ptr, dt, dims, strides, box)
+    words = _TMAPS.get(key, False)
+    if words is not False:
+        return words
+    import ctypes
+    import struct
+    global _LIBCUDA
+    if _LIBCUDA is None:
+        lib = ctypes.CDLL("libcuda.so.1")
+        f = lib.cuTensorMapEncodeTiled
+        f.restype = ctypes.c_int
+        u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
+        f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p,
+                      u64p, u32p, u32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        _LIBCUDA = lib
+    raw = (ctypes.c_uint8 * 192)()
+    addr = (ctypes.addressof(raw) + 63) & ~63          # the map must be 64-byte aligned
+    r = _LIBCUDA.cuTensorMapEncodeTiled(
+        ctypes.c_void_p(addr), 6 if dt == "f16" else 9, 3, ctypes.c_void_p(ptr),
+        (ctypes.c_uint64 * 3)(*dims), (ctypes.c_uint64 * 2)(*strides),
+        (ctypes.c_uint32 * 3)(*box), (ctypes.c_uint32 * 3)(1, 1, 1),
+        0, 3, 3, 0)     # no interleave, SWIZZLE_128B, L2 promotion 256 B, OOB zero fill
+    words = struct.unpack("<16Q", ctypes.string_at(addr, 128)) if r == 0 else None
+    if len(_TMAPS) > 4096:
+        _TMAPS.clear()
+    _TMAPS[key] = words
+    return words
+
+
+def kparam_offsets(cubin, kname):
+    """{ordinal: (offset, size)} of kernel `kname`'s parameters, read from the cubin's
+    .nv.info.<kname> section (EIATTR_KPARAM_INFO records); None if not found."""
+    import struct
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        return None
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def sh(i):
+        name, _, _, _, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
+        return name, off, size
+    stroff = sh(shstrndx)[1]
+    want = (".nv.info." + kname).encode()
+    for i in range(shnum):
+        name, off, size = sh(i)
+        if cubin[stroff + name:cubin.index(b"\0", stroff + name)] != want:
+            continue
+        out, q = {}, off
+        while q + 4 <= off + size:
+            fmt, attr = cubin[q], cubin[q + 1]
+            if fmt == 0x04:                     # EIFMT_SVAL: u16 size, then the payload
+                n, = struct.unpack_from("<H", cubin, q + 2)
+                if attr == 0x17 and n >= 12:    # EIATTR_KPARAM_INFO
+                    _, ordinal, offset, info = struct.unpack_from("<IHHI", cubin, q + 4)
+                    out[ordinal] = (offset, (info >> 18) & 0x3FFF)
+                q += 4 + n
+            else:                               # EIFMT_NVAL / BVAL / HVAL: 4 bytes
+                q += 4
+        return out
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_pad_for(arch):
+    """Bytes before the first tensor map in the TMA kernels' parameter buffer. A
+    64-byte-aligned __grid_constant__ CUtensorMap sits at a 64-byte-aligned constant-bank
+    address and sm_90 kernel parameters start at bank offset 0x210, so the compiler puts
+    the first map at parameter offset 48; PyCUDA packs the buffer from the format alone,
+    so the launch prepends that padding. Read from the cubin (the same compile the
+    backend loads: a cache hit) and checked against every parameter's offset."""
+    import struct
+    from . import compiler
+    path = compiler.kernels_dir() / _HOPPER_FILE
+    cubin = compiler.compile_file(path, compiler.arch_for_file(path.read_text(), arch))
+    offs = kparam_offsets(cubin, "matmul_tc_tma_f16_nn_n256c2")
+    pad = offs[0][0]
+    pos, want = pad + 256, [pad, pad + 128]
+    for c in TMA_ARGS[32:]:
+        sz = struct.calcsize(c)
+        pos = -(-pos // sz) * sz
+        want.append(pos)
+        pos += sz
+    if [offs[i][0] for i in sorted(offs)] != want or pad % 8:
+        raise RuntimeError(f"unexpected TMA kernel parameter offsets {offs}")
+    return pad
+
+
+def tma_pad(be):
+    pad = getattr(be, "tma_param_pad", None)       # stand-ins say it; else the cubin does
+    return _tma_pad_for(be.arch) if pad is None else pad
+
+
+def operand_map(enc, ptr, dt, trans, rows, cols, ld, stride, batch, box_outer):
+    """Tensor map of a logical [rows, cols] operand ('n': (r, c) at r*ld + c; 't': at
+    c*ld + r), batch entries `stride` elements apart (0: one matrix for all). The
+    contiguous dim is innermost; boxes are 64 of it by `box_outer` of the other."""
+    inner, outer = (rows, cols) if trans else (cols, rows)
+    nb = batch if stride else 1
+    s2 = stride if stride else outer * ld
+    return enc(ptr, dt, (inner, outer, nb), (2 * ld, 2 * s2), (64, box_outer, 1))
+
+
+def ws_grid(m, n, batch, bn, cm, sms):
+    """Persistent grid: one CTA per SM at most, whole clusters."""
+    units = math.ceil(math.ceil(m / _BM) / cm) * math.ceil(n / bn) * batch
+    return cm * min(units, sms // cm)
+
+
+def _launch_tma(be, rt, dt, layout, a, b, out, lda, ldb, sa, sb, m, n, k, batch, sms):
+    """The TMA kernel (maps: A 'n' box 64 k x 128 m, A 't' 64 m x 64 k, B 't' 64 k x
+    BN/CM n, B 'n' 64 n x 64 k; see the kernel header). False if a map is refused."""
+    bn, cm = ws_tile(m, n, batch, sms)
+    enc = getattr(rt, "tensor_map", tensor_map)
+    at, bt = layout[0] == "t", layout[1] == "t"
+    ma = operand_map(enc, a.ptr, dt, at, m, k, lda, sa, batch, 64 if at else 128)
+    mb = operand_map(enc, b.ptr, dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
+    if ma is None or mb is None:
+        return False
+    pad = tma_pad(be) // 8
+    fn = _function(be, rt, f"matmul_tc_tma_{dt}_{layout}_n{bn}c{cm}", WS_SMEM[bn],
+                   fmt="Q" * pad + TMA_ARGS)
+    rt.launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS,
+              [0] * pad + [*ma, *mb, out.ptr, n, m * n, m, n, k, batch, int(sa != 0),
+                           int(sb != 0), TMA_GROUP], WS_SMEM[bn])
+    return True
+
+
+def _function(be, rt, name, smem, file=None, fmt=None):
+    hopper = any(t in name for t in ("_wgmma_", "_tma_", "_wgsync_"))
+    fmt = fmt or (SUM_ARGS if "splitk" in name else WGSYNC_ARGS if "_wgsync_" in name
+                  else ARGS)
+    fn = be.function(file or (_HOPPER_FILE if hopper else "matmul_tc.cu"), name, fmt)
     if smem > 48 * 1024 and not getattr(fn, "mg_smem_raised", False):
         rt.set_max_dynamic_shared(fn, smem)
         fn.mg_smem_raised = True
@@ -200,12 +377,23 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
            and a.ptr % 16 == 0 and b.ptr % 16 == 0)
     sms = rt.multiprocessors
     path = "v" if vec else "s"
-    if pipelined and vec and be.arch.startswith("sm_90"):
+    hopper = vec and be.arch.startswith("sm_90")
+    if pipelined and hopper:
         bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
+        if s == 1 and USE_TMA and _launch_tma(be, rt, dt, layout, a, b, out, lda, ldb, sa, sb,
+                                              m, n, k, batch, sms):
+            return out
         name, threads, smem = f"matmul_tc_wgmma_{dt}_{layout}_n{bn}", 256, 197632
     elif pipelined:
         bn, s, kc = plan(m, n, k, batch, sms, "mma")
         name, threads, smem = f"matmul_tc_async_{dt}_{layout}_{path}", 128, 81920
+    elif hopper and USE_WGSYNC and plan(m, n, k, batch, sms, "mma")[1] == 1:
+        bn = ws_tile(m, n, batch, sms)[0]
+        fn = _function(be, rt, f"matmul_tc_wgsync_{dt}_{layout}_n{bn}", WS_SMEM[bn])
+        rt.launch(fn, (ws_grid(m, n, batch, bn, 1, sms), 1, 1), WS_THREADS,
+                  [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n, m, n, k, batch,
+                   WGSYNC_GROUP], WS_SMEM[bn])
+        return out
     elif vec and math.ceil(n / 256) * 2 == math.ceil(n / 128) and \
             math.ceil(m / 128) * math.ceil(n / 256) * batch >= sms / 2:
         bn, s, kc = plan(m, n, k, batch, sms, "mma_w8")
