@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Standalone check and benchmark of the tensor-core matmul kernels
-(kernels/matmul_tc.cu, kernels/matmul_tc_wgmma.cu) through PyCUDA alone: it imports
-nothing from minigrad, so it runs while the CUDA runtime is being written.
+(kernels/matmul_tc.cu, kernels/matmul_tc_wgmma.cu) through PyCUDA alone: of minigrad it
+imports only the compiler module's cubin reader (no runtime, no launcher).
 
     # no GPU needed: compile cubins with nvcc (sm_90 + sm_90a, or --arch sm_80)
     python3 benchmarks/matmul_kernels_standalone.py --build build/mtc_cubins
@@ -54,6 +54,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minigrad.backend.cuda.compiler import kparam_offsets  # noqa: E402  (pure: reads a cubin)
 
 ROOT = Path(__file__).resolve().parents[1]
 KDIR = ROOT / "kernels"
@@ -383,43 +386,6 @@ def max_active_clusters(rt, kname, smem, threads=384, cluster=2):
         return int(n) if int(err) == 0 else f"error {err}"
     except Exception as e:      # noqa: BLE001
         return f"unavailable ({e!r})"[:120]
-
-
-def kparam_offsets(cubin, kname):
-    """{ordinal: (offset, size)} of kernel `kname`'s parameters, read from the cubin's
-    .nv.info.<kname> section (EIATTR_KPARAM_INFO records); None if not found. The TMA
-    kernels need it: a 64-byte-aligned __grid_constant__ CUtensorMap is placed at a
-    64-byte-aligned constant-bank address, and the kernel parameters start at bank
-    offset 0x210 on sm_90, so the first map sits at parameter offset 48, not 0; PyCUDA
-    packs the parameter buffer itself, so the launcher pads it to match."""
-    import struct
-    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
-        return None
-    shoff, = struct.unpack_from("<Q", cubin, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
-
-    def sh(i):
-        name, _, _, _, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
-        return name, off, size
-    stroff = sh(shstrndx)[1]
-    want = (".nv.info." + kname).encode()
-    for i in range(shnum):
-        name, off, size = sh(i)
-        if cubin[stroff + name:cubin.index(b"\0", stroff + name)] != want:
-            continue
-        out, q = {}, off
-        while q + 4 <= off + size:
-            fmt, attr = cubin[q], cubin[q + 1]
-            if fmt == 0x04:                     # EIFMT_SVAL: u16 size, then the payload
-                n, = struct.unpack_from("<H", cubin, q + 2)
-                if attr == 0x17 and n >= 12:    # EIATTR_KPARAM_INFO
-                    _, ordinal, offset, info = struct.unpack_from("<IHHI", cubin, q + 4)
-                    out[ordinal] = (offset, (info >> 18) & 0x3FFF)
-                q += 4 + n
-            else:                               # EIFMT_NVAL / BVAL / HVAL: 4 bytes
-                q += 4
-        return out
-    return None
 
 
 def tma_pad(cubin, kname):

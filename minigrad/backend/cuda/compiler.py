@@ -1,6 +1,7 @@
 """CUDA C source -> cubin, with a disk cache. Needs no GPU.
 
     compile_to_cubin(source, arch="sm_90", options=(), name="kernel.cu") -> bytes
+    kparam_offsets(cubin, kernel_name) -> {ordinal: (offset, size)} of its parameters
 
 The compiler is NVRTC from cuda-python (`cuda.bindings.nvrtc`); where that is
 missing, nvcc through PyCUDA (`pycuda.compiler.compile`). The output is always a
@@ -344,3 +345,39 @@ def compile_file(path, arch: str, defines: dict | None = None, options=()) -> by
     text = path.read_text()
     return compile_to_cubin(text, arch=arch, options=options, name=path.name,
                             headers=kernel_headers(path.parent), defines=defines)
+
+
+def kparam_offsets(cubin, kname):
+    """{ordinal: (offset, size)} of kernel `kname`'s parameters, read from the cubin's
+    .nv.info.<kname> section (EIATTR_KPARAM_INFO records); None if not found. The TMA
+    matmul kernels need it: their 64-byte-aligned __grid_constant__ tensor maps do not
+    start at parameter offset 0, and PyCUDA packs the parameter buffer from byte 0, so
+    the launcher pads it (ops_matmul.tma_pad)."""
+    import struct
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        return None
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+
+    def sh(i):
+        name, _, _, _, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
+        return name, off, size
+    stroff = sh(shstrndx)[1]
+    want = (".nv.info." + kname).encode()
+    for i in range(shnum):
+        name, off, size = sh(i)
+        if cubin[stroff + name:cubin.index(b"\0", stroff + name)] != want:
+            continue
+        out, q = {}, off
+        while q + 4 <= off + size:
+            fmt, attr = cubin[q], cubin[q + 1]
+            if fmt == 0x04:                     # EIFMT_SVAL: u16 size, then the payload
+                n, = struct.unpack_from("<H", cubin, q + 2)
+                if attr == 0x17 and n >= 12:    # EIATTR_KPARAM_INFO
+                    _, ordinal, offset, info = struct.unpack_from("<IHHI", cubin, q + 4)
+                    out[ordinal] = (offset, (info >> 18) & 0x3FFF)
+                q += 4 + n
+            else:                               # EIFMT_NVAL / BVAL / HVAL: 4 bytes
+                q += 4
+        return out
+    return None

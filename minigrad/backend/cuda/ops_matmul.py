@@ -50,6 +50,7 @@ import math
 import os
 
 from ...dtype import float32
+from .compiler import kparam_offsets
 
 ARGS = "PPPqqqqqqiiii"
 SUM_ARGS = "PPqii"
@@ -239,39 +240,6 @@ def tensor_map(ptr, dt, dims, strides, box):
         _TMAPS.clear()
     _TMAPS[key] = words
     return words
-
-
-def kparam_offsets(cubin, kname):
-    """{ordinal: (offset, size)} of kernel `kname`'s parameters, read from the cubin's
-    .nv.info.<kname> section (EIATTR_KPARAM_INFO records); None if not found."""
-    import struct
-    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
-        return None
-    shoff, = struct.unpack_from("<Q", cubin, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
-
-    def sh(i):
-        name, _, _, _, off, size = struct.unpack_from("<IIQQQQ", cubin, shoff + i * shentsize)
-        return name, off, size
-    stroff = sh(shstrndx)[1]
-    want = (".nv.info." + kname).encode()
-    for i in range(shnum):
-        name, off, size = sh(i)
-        if cubin[stroff + name:cubin.index(b"\0", stroff + name)] != want:
-            continue
-        out, q = {}, off
-        while q + 4 <= off + size:
-            fmt, attr = cubin[q], cubin[q + 1]
-            if fmt == 0x04:                     # EIFMT_SVAL: u16 size, then the payload
-                n, = struct.unpack_from("<H", cubin, q + 2)
-                if attr == 0x17 and n >= 12:    # EIATTR_KPARAM_INFO
-                    _, ordinal, offset, info = struct.unpack_from("<IHHI", cubin, q + 4)
-                    out[ordinal] = (offset, (info >> 18) & 0x3FFF)
-                q += 4 + n
-            else:                               # EIFMT_NVAL / BVAL / HVAL: 4 bytes
-                q += 4
-        return out
-    return None
 
 
 @functools.lru_cache(maxsize=None)
