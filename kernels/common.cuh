@@ -36,3 +36,30 @@ __device__ __forceinline__ void mg_ldmatrix_x4_trans(unsigned (&r)[4], unsigned 
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+
+// ---- attention dropout (flash_attention*.cu) ----
+// Dropout arguments, one kernel parameter (so every field is a constant-bank operand and
+// costs no register): the Philox round keys key[2r], key[2r+1] = (seed_lo + r*0x9E3779B9,
+// seed_hi + r*0xBB67AE85) mod 2^32 for r = 0..6 (the host expands the 64-bit seed), the
+// keep threshold thr on 16-bit uniforms (kept iff u16 >= thr = ceil(65536 p)) and
+// rp = f32(1/(1-p)).  Host: ops_attention.py (_drop). Used by
+// flash_attention.cu and flash_attention_tf32.cu.
+struct MgDropArgs {
+    unsigned key[14];
+    unsigned thr;
+    float rp;
+};
+
+// Philox-4x32 with 7 rounds (Random123's Philox4x32-7, the round count FlashAttention-2's
+// dropout uses) of counter (c0, c1, c2, 0) under the key of `dr`.  Host mirror:
+// minigrad/backend/reference.py (_philox4x32_7); the two must stay identical.
+__device__ __forceinline__ uint4 mg_philox7(unsigned c0, unsigned c1, unsigned c2, const MgDropArgs& dr) {
+    unsigned c3 = 0u;
+#pragma unroll
+    for (int r = 0; r < 7; ++r) {
+        const unsigned h0 = __umulhi(0xD2511F53u, c0), l0 = 0xD2511F53u * c0;
+        const unsigned h1 = __umulhi(0xCD9E8D57u, c2), l1 = 0xCD9E8D57u * c2;
+        c0 = h1 ^ c1 ^ dr.key[2 * r]; c1 = l1; c2 = h0 ^ c3 ^ dr.key[2 * r + 1]; c3 = l0;
+    }
+    return make_uint4(c0, c1, c2, c3);
+}

@@ -289,30 +289,8 @@ __device__ __forceinline__ bool aligned16(const void* p) {
 }
 
 // ------------------------------------------------------------------ attention dropout --
-// Dropout arguments, one kernel parameter (so every field is a constant-bank operand and
-// costs no register): the Philox round keys key[2r], key[2r+1] = (seed_lo + r*0x9E3779B9,
-// seed_hi + r*0xBB67AE85) mod 2^32 for r = 0..6 (the host expands the 64-bit seed), the
-// keep threshold thr on 16-bit uniforms (kept iff u16 >= thr = ceil(65536 p)) and
-// rp = f32(1/(1-p)).  Host: ops_attention.py (_drop).
-struct DropArgs {
-    unsigned key[14];
-    unsigned thr;
-    float rp;
-};
-
-// Philox-4x32 with 7 rounds (Random123's Philox4x32-7, the round count FlashAttention-2's
-// dropout uses) of counter (c0, c1, c2, 0) under the key of `dr`.  Host mirror:
-// minigrad/backend/reference.py (_philox4x32_7); the two must stay identical.
-__device__ __forceinline__ uint4 philox7(unsigned c0, unsigned c1, unsigned c2, const DropArgs& dr) {
-    unsigned c3 = 0u;
-#pragma unroll
-    for (int r = 0; r < 7; ++r) {
-        const unsigned h0 = __umulhi(0xD2511F53u, c0), l0 = 0xD2511F53u * c0;
-        const unsigned h1 = __umulhi(0xCD9E8D57u, c2), l1 = 0xCD9E8D57u * c2;
-        c0 = h1 ^ c1 ^ dr.key[2 * r]; c1 = l1; c2 = h0 ^ c3 ^ dr.key[2 * r + 1]; c3 = l0;
-    }
-    return make_uint4(c0, c1, c2, c3);
-}
+// Dropout arguments and the Philox-4x32-7 generator: MgDropArgs and mg_philox7 in common.cuh.
+using DropArgs = MgDropArgs;
 
 // Keep bits of the dropout mask for a thread's [TM x TN] score tile: rows row + 16 i, keys
 // key + 8 j (row = tile row0 + rg with row0 a multiple of 32; key = k0 + cg); bit i*TN + j.
@@ -331,7 +309,7 @@ __device__ __forceinline__ unsigned keep_bits(const DropArgs& dr, int b, int row
 #pragma unroll
         for (int jq = 0; jq < (TN + 3) / 4; ++jq) {
             const int r = row + 32 * ip, c = key + 32 * jq;
-            const uint4 h = philox7((unsigned)c & ~24u, (unsigned)r & ~16u, (unsigned)b, dr);
+            const uint4 h = mg_philox7((unsigned)c & ~24u, (unsigned)r & ~16u, (unsigned)b, dr);
 #pragma unroll
             for (int ii = 0; ii < 2; ++ii)
 #pragma unroll

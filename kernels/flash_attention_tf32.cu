@@ -325,25 +325,11 @@ __device__ __forceinline__ void store_rows(float* out, const float (&acc)[DP / 8
 }
 
 // ------------------------------------------------------------------ attention dropout --
-// Identical to flash_attention.cu's fa::DropArgs / philox7 (host: ops_attention.py _drop;
+// The same mask as flash_attention.cu (common.cuh's MgDropArgs / mg_philox7; host: ops_attention.py _drop;
 // mirror: reference.dropout_keep).  Element (b, i, j) is kept iff u16 >= thr, u16 = 16 bits of
 // the Philox call on counter (j & ~24, i & ~16, b): word 2*bit4(i) + bit4(j), low half iff
 // bit3(j) == 0.
-struct DropArgs {
-    unsigned key[14];
-    unsigned thr;
-    float rp;
-};
-__device__ __forceinline__ uint4 philox7(unsigned c0, unsigned c1, unsigned c2, const DropArgs& dr) {
-    unsigned c3 = 0u;
-#pragma unroll
-    for (int r = 0; r < 7; ++r) {
-        const unsigned h0 = __umulhi(0xD2511F53u, c0), l0 = 0xD2511F53u * c0;
-        const unsigned h1 = __umulhi(0xCD9E8D57u, c2), l1 = 0xCD9E8D57u * c2;
-        c0 = h1 ^ c1 ^ dr.key[2 * r]; c1 = l1; c2 = h0 ^ c3 ^ dr.key[2 * r + 1]; c3 = l0;
-    }
-    return make_uint4(c0, c1, c2, c3);
-}
+using DropArgs = MgDropArgs;   // and mg_philox7: common.cuh
 __device__ __forceinline__ unsigned u16_of(const uint4& h, int word, int half) {
     const unsigned w = word == 0 ? h.x : word == 1 ? h.y : word == 2 ? h.z : h.w;
     return half ? (w >> 16) : (w & 0xffffu);
@@ -358,7 +344,7 @@ __device__ __forceinline__ unsigned keep_q(const DropArgs& dr, int b, int i0, in
     for (int J = 0; J < (NJ + 3) / 4; ++J)
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
-            const uint4 h = philox7((unsigned)(k0 + 32 * J + t + 4 * x), (unsigned)i0, (unsigned)b, dr);
+            const uint4 h = mg_philox7((unsigned)(k0 + 32 * J + t + 4 * x), (unsigned)i0, (unsigned)b, dr);
 #pragma unroll
             for (int ih = 0; ih < 2; ++ih)
 #pragma unroll
@@ -384,7 +370,7 @@ __device__ __forceinline__ unsigned keep_k(const DropArgs& dr, int b, int j0, in
         if (j & 2) continue;
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
-            const uint4 h = philox7(c0, (unsigned)(q0 + 8 * j + t + 4 * x), (unsigned)b, dr);
+            const uint4 h = mg_philox7(c0, (unsigned)(q0 + 8 * j + t + 4 * x), (unsigned)b, dr);
 #pragma unroll
             for (int ih = 0; ih < 2; ++ih)            // query i (ih = 0) or i + 16 (n-tile j + 2)
 #pragma unroll
