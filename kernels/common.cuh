@@ -63,3 +63,35 @@ __device__ __forceinline__ uint4 mg_philox7(unsigned c0, unsigned c1, unsigned c
     }
     return make_uint4(c0, c1, c2, c3);
 }
+
+__device__ __forceinline__ bool mg_aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+}
+
+// The flash backward's preprocess, D_i = sum_d dO[i,d] * O[i,d] over rows = B*S rows of D
+// floats (f32 fmaf in order per lane, then a warp tree): one warp per row, 8 rows per
+// 256-thread block. Both flash files' *_bwd_preprocess entry points are this function.
+__device__ __forceinline__ void mg_attn_bwd_preprocess(const float* __restrict__ dO,
+                                                       const float* __restrict__ O,
+                                                       float* __restrict__ Dd, long long rows,
+                                                       int D) {
+    const long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* a = dO + row * D;
+    const float* c = O + row * D;
+    float acc = 0.f;
+    if ((D & 3) == 0 && mg_aligned16(dO) && mg_aligned16(O)) {
+        for (int d = 4 * lane; d < D; d += 128) {
+            const float4 x = *reinterpret_cast<const float4*>(a + d);
+            const float4 y = *reinterpret_cast<const float4*>(c + d);
+            acc = fmaf(x.x, y.x, acc); acc = fmaf(x.y, y.y, acc);
+            acc = fmaf(x.z, y.z, acc); acc = fmaf(x.w, y.w, acc);
+        }
+    } else {
+        for (int d = lane; d < D; d += 32) acc = fmaf(a[d], c[d], acc);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) Dd[row] = acc;
+}

@@ -680,22 +680,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 extern "C" __global__ void __launch_bounds__(256)
 flash_attention_bwd_preprocess(const float* __restrict__ dO, const float* __restrict__ O,
                                float* __restrict__ Dd, long long rows, int D) {
-    const long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const float* a = dO + row * D;
-    const float* c = O + row * D;
-    float acc = 0.f;
-    if ((D & 3) == 0 && fa::aligned16(dO) && fa::aligned16(O)) {
-        for (int d = 4 * lane; d < D; d += 128)
-            acc = fa::dot4(*reinterpret_cast<const float4*>(a + d),
-                           *reinterpret_cast<const float4*>(c + d), acc);
-    } else {
-        for (int d = lane; d < D; d += 32) acc = fmaf(a[d], c[d], acc);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) Dd[row] = acc;
+    mg_attn_bwd_preprocess(dO, O, Dd, rows, D);
 }
 
 #define FA_FWD(NAME, DP, CAUSAL)                                                                \

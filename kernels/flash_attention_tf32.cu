@@ -710,25 +710,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 extern "C" __global__ void __launch_bounds__(256)
 flash_tf32_bwd_preprocess(const float* __restrict__ dO, const float* __restrict__ O,
                           float* __restrict__ Dd, long long rows, int D) {
-    const long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const float* a = dO + row * D;
-    const float* c = O + row * D;
-    float acc = 0.f;
-    if ((D & 3) == 0 && fa3::aligned16(dO) && fa3::aligned16(O)) {
-        for (int d = 4 * lane; d < D; d += 128) {
-            const float4 x = *reinterpret_cast<const float4*>(a + d);
-            const float4 y = *reinterpret_cast<const float4*>(c + d);
-            acc = fmaf(x.x, y.x, acc); acc = fmaf(x.y, y.y, acc);
-            acc = fmaf(x.z, y.z, acc); acc = fmaf(x.w, y.w, acc);
-        }
-    } else {
-        for (int d = lane; d < D; d += 32) acc = fmaf(a[d], c[d], acc);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) Dd[row] = acc;
+    mg_attn_bwd_preprocess(dO, O, Dd, rows, D);
 }
 
 // (DP, NW) instances; REGFIT: the instance fits 128 registers per thread (see min_blocks)
