@@ -315,6 +315,35 @@ class Shrink(Function):
     def backward(ctx, g): return g.pad(ctx.pads), None
 
 
+class Split(Function):
+    """Consecutive pieces of x along one axis (views, as Shrink makes them); the backward
+    is one `cat` of the pieces' gradients (zeros where a piece got none), not a padded
+    copy of x per piece summed."""
+    @staticmethod
+    def forward(ctx, x, axis, sizes):
+        ctx.axis, ctx.sizes = axis, sizes
+        outs, start = [], 0
+        for size in sizes:
+            bounds = [(0, d, 1) for d in x.shape]
+            bounds[axis] = (start, start + size, 1)
+            shape = list(x.shape)
+            shape[axis] = size
+            outs.append(_node("shrink", (tuple(bounds),), [x], tuple(shape)))
+            start += size
+        return tuple(outs)
+    @staticmethod
+    def backward(ctx, *grads):
+        ref = next(g for g in grads if g is not None)
+        parts = []
+        for g, size in zip(grads, ctx.sizes):
+            if g is None:
+                shape = list(ref.shape)
+                shape[ctx.axis] = size
+                g = type(ref).zeros(*shape, dtype=ref.dtype, device=ref.device)
+            parts.append(g)
+        return type(ref).cat(parts, ctx.axis), None, None
+
+
 class Pad(Function):
     @staticmethod
     def forward(ctx, x, pads, value=0.0):

@@ -612,13 +612,9 @@ class Tensor:
             if isinstance(size, int) else list(size)
         if sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} do not add up to {n} (dim {axis})")
-        out, start = [], 0
-        for s in sizes:
-            bounds = [None] * self.ndim
-            bounds[axis] = (start, start + s)
-            out.append(self.shrink(bounds))
-            start += s
-        return out
+        if len(sizes) == 1:
+            return [self]
+        return list(F.Split.apply(self, axis, tuple(sizes)))
 
     def chunk(self, n, dim=0) -> list:
         axis = self._axes(dim, "chunk")[0]

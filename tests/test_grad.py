@@ -416,6 +416,23 @@ def test_split_partially_used(rng):
     check(lambda t: t.split(2, 1)[1], rng.standard_normal((3, 5)))
 
 
+def test_split_backward_is_one_cat(monkeypatch, rng):
+    # the pieces' gradients are joined by one cat (a zero piece for the unused one), not
+    # padded to x's shape piece by piece and summed
+    from minigrad import lazy
+    x = Tensor(rng.standard_normal((2, 9)).astype(np.float32), requires_grad=True)
+    a, b, c = x.split(3, 1)
+    (a * 2 + c * 3).sum().backward()
+    ops, real = [], lazy._run
+    monkeypatch.setattr(lazy, "_run", lambda lb: (ops.append(lb.op), real(lb))[1])
+    g = x.grad.numpy()
+    assert ops.count("cat") == 1 and "pad" not in ops, ops
+    np.testing.assert_array_equal(g, np.repeat([[2.0, 0.0, 3.0]], 3, axis=1).repeat(2, 0))
+    assert x.split(9, 1)[0] is x                                # one piece: x itself
+    ints = Tensor(np.arange(6).reshape(2, 3))
+    assert [p.numpy().tolist() for p in ints.split(1, 1)] == [[[0], [3]], [[1], [4]], [[2], [5]]]
+
+
 # ------------------------------------------------------------- neural-net funcs ----
 
 @pytest.mark.parametrize("axis", [-1, 0, 1])
