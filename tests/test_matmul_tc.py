@@ -510,6 +510,21 @@ def test_tma_refused_map_falls_back(monkeypatch, rng):
     assert [e for e, _, _ in gpu.launches] == ["matmul_tc_wgmma_f16_nn_n128"]
 
 
+def test_tensor_map_without_a_loadable_driver_is_refused(monkeypatch):
+    """No driver library for ctypes (another OS, a stubbed runtime): tensor_map answers
+    None, as for a refused map, so the launcher falls back instead of raising."""
+    import ctypes
+    om = _om()
+
+    def no_driver(name, *a, **k):
+        raise OSError(f"{name}: cannot open shared object file")
+    monkeypatch.setattr(om, "_LIBCUDA", None)
+    monkeypatch.setattr(om, "_TMAPS", {})
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert om.tensor_map(0x10000, "f16", (64, 128, 1), (128, 16384), (64, 128, 1)) is None
+    assert om._LIBCUDA is False
+
+
 def test_tma_param_padding_from_cubin():
     """The TMA kernels' first tensor map sits 48 bytes into the parameter buffer on sm_90
     (read from the compiled cubin's parameter table, which the launcher pads to match)."""

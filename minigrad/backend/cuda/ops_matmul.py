@@ -221,13 +221,19 @@ def tensor_map(ptr, dt, dims, strides, box):
     import struct
     global _LIBCUDA
     if _LIBCUDA is None:
-        lib = ctypes.CDLL("libcuda.so.1")
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:         # a driver ctypes cannot open (another OS, a stub): no TMA
+            _LIBCUDA = False
+            return None
         f = lib.cuTensorMapEncodeTiled
         f.restype = ctypes.c_int
         u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
         f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p,
                       u64p, u32p, u32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         _LIBCUDA = lib
+    if _LIBCUDA is False:
+        return None
     raw = (ctypes.c_uint8 * 192)()
     addr = (ctypes.addressof(raw) + 63) & ~63          # the map must be 64-byte aligned
     r = _LIBCUDA.cuTensorMapEncodeTiled(
