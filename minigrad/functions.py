@@ -294,14 +294,21 @@ class Permute(Function):
 
 
 class Expand(Function):
+    """Broadcast x to `shape` (which may add leading dims); backward sums the gradient
+    over the new and the broadcast axes."""
     @staticmethod
     def forward(ctx, x, shape):
         ctx.in_shape = x.shape
         return _node("expand", (shape,), [x], shape)
     @staticmethod
     def backward(ctx, g):
-        axes = tuple(i for i, (a, b) in enumerate(zip(ctx.in_shape, g.shape)) if a != b)
-        return (g.sum(axes, keepdim=True) if axes else g), None
+        lead = g.ndim - len(ctx.in_shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, (a, b) in
+                                          enumerate(zip(ctx.in_shape, g.shape[lead:])) if a != b)
+        if not axes:
+            return g, None
+        g = g.sum(axes, keepdim=True)
+        return (g.reshape(ctx.in_shape) if lead else g), None
 
 
 class Shrink(Function):

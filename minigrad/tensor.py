@@ -519,12 +519,10 @@ class Tensor:
                              f"(shape {self.shape} to {shape})")
         shape = tuple(s if s != -1 else (self.shape[i - len(shape) + self.ndim])
                       for i, s in enumerate(shape))
-        x = self.reshape((1,) * (len(shape) - self.ndim) + self.shape) \
-            if len(shape) > self.ndim else self
-        for s, t in zip(x.shape, shape):
+        for s, t in zip(self.shape, shape[len(shape) - self.ndim:]):
             if s != t and s != 1:
                 raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}")
-        return x if x.shape == shape else F.Expand.apply(x, shape)
+        return F.Expand.apply(self, shape)       # (new leading dims too: one node)
 
     def flatten(self, start=0, end=-1) -> "Tensor":
         if self.ndim == 0:

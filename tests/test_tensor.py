@@ -330,6 +330,19 @@ def test_expand_matches_broadcast_to(device, shapes, seed):
                                   np.broadcast_to(x, target))
 
 
+def test_expand_with_new_leading_dims_is_one_node():
+    # broadcasting a bias (N,) to (B, T, N) is one expand node, with no reshape before it;
+    # its gradient sums over the new and the broadcast axes
+    b = Tensor(np.arange(3.0, dtype=np.float32), requires_grad=True)
+    y = b.expand(2, 4, 3)
+    assert y.lazydata.op == "expand" and y.lazydata.srcs[0] is b.lazydata
+    (y * 2).sum().backward()
+    np.testing.assert_array_equal(b.grad.numpy(), np.full(3, 16.0, np.float32))
+    c = Tensor(np.ones((1, 3), np.float32), requires_grad=True)
+    c.expand(5, 2, 3).sum().backward()
+    assert c.grad.shape == (1, 3) and np.all(c.grad.numpy() == 10.0)
+
+
 @HYP
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), data=st.data(), seed=seeds)
 def test_pad_both_styles(device, shape, data, seed):

@@ -21,7 +21,8 @@ uses `np.ndarray`, the CUDA backend a device allocation with shape and strides).
     reduce(op, axes, x)                        op in REDUCE_OPS; keeps reduced axes as 1
     argmax(axis, x)                            int64, keeps the axis as 1
     matmul(a, b)                               (..., M, K) @ (..., K, N), batch dims equal
-    reshape(shape, x) permute(order, x) expand(shape, x)
+    reshape(shape, x) permute(order, x)
+    expand(shape, x)                           broadcast; may add leading dims
     shrink(slices, x)                          slices: ((start, stop, step), ...) per axis
     pad(pads, value, x)                        pads: ((before, after), ...) per axis
     contiguous(x)                              a dense copy (or x if already dense)
