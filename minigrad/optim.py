@@ -26,6 +26,7 @@ instead; float64 parameters always use it.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -46,6 +47,7 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
+        self._direct = []        # updates step() runs on realized buffers (AdamW's fused one)
         params = [params] if isinstance(params, Tensor) else list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
@@ -253,7 +255,7 @@ class AdamW(Optimizer):
             consts = tuple(float(f(c)) for c in (
                 1 - beta1, 1 - beta2, 1 - lr * wd if wd else 1.0, lr * bc2_sqrt / bc1,
                 eps * bc2_sqrt))
-            self._direct.append(lambda: _adamw_direct(p, g, m, v, consts, state))
+            self._direct.append(functools.partial(_adamw_direct, p, g, m, v, consts, state))
             return [p, g, m, v]         # realized by step() before the call
         g = g.cast(work)
         m = state["exp_avg"] = m + (g - m) * (1 - beta1)
