@@ -101,11 +101,6 @@ template <int DP, int KS> __host__ __device__ constexpr int smem_bytes() {
     return 2 * ((BR / KS) * (DP + 8) + 4 * Cfg<DP>::BC * (DP + 8)) + (KS > 1 ? 4 * 2 * KS * (BR / KS) : 0);
 }
 
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 __device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
@@ -116,9 +111,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
 }
 
 // Rows [row0, row0+ROWS) x halves [0, DP) of a [nrows, D] f16 matrix -> shared tile with row
@@ -181,7 +173,7 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
     const int rw = warp % (4 / KS);                  // row warp: rows rw*16 .. +15 of the block
     const int kh = warp / (4 / KS);                  // key part: keys kh*BCW .. +BCW-1 of a tile
     const int wrow = q0 + rw * 16;                   // first query row of this warp
-    const bool vec = (Dk & 7) == 0 && (Dv & 7) == 0 && aligned16(Q) && aligned16(K) && aligned16(V);
+    const bool vec = (Dk & 7) == 0 && (Dv & 7) == 0 && mg_aligned16(Q) && mg_aligned16(K) && mg_aligned16(V);
     const float sl2 = scale * LOG2E;
 
     // ldmatrix lane offsets (in halves)
@@ -244,7 +236,7 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
                     const float mu = mm == -inf() ? 0.f : mm;
                     float ll = 0.f;
 #pragma unroll
-                    for (int p = 0; p < KS; ++p) ll += red[(KS + p) * BRB + r] * ex2(red[p * BRB + r] - mu);
+                    for (int p = 0; p < KS; ++p) ll += red[(KS + p) * BRB + r] * mg_ex2(red[p * BRB + r] - mu);
                     m2[h] = mm;
                     l[h] = ll;
                 }
@@ -301,8 +293,8 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
                 float rs = 0.f;
 #pragma unroll
                 for (int n = 0; n < NS; ++n)
-                    rs += ex2(fmaf(s[n][2 * h], sl2, -mu)) + ex2(fmaf(s[n][2 * h + 1], sl2, -mu));
-                l[h] = fmaf(l[h], ex2(m2[h] - mu), rs);
+                    rs += mg_ex2(fmaf(s[n][2 * h], sl2, -mu)) + mg_ex2(fmaf(s[n][2 * h + 1], sl2, -mu));
+                l[h] = fmaf(l[h], mg_ex2(m2[h] - mu), rs);
                 m2[h] = mnew;
             }
         } else {
@@ -310,14 +302,14 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
 #pragma unroll
             for (int kc = 0; kc < BCW / 16; ++kc) {
                 unsigned pa[4];
-                pa[0] = pack_f16x2(ex2(fmaf(s[2 * kc][0], sl2, -m2[0])) * inv[0],
-                                   ex2(fmaf(s[2 * kc][1], sl2, -m2[0])) * inv[0]);
-                pa[1] = pack_f16x2(ex2(fmaf(s[2 * kc][2], sl2, -m2[1])) * inv[1],
-                                   ex2(fmaf(s[2 * kc][3], sl2, -m2[1])) * inv[1]);
-                pa[2] = pack_f16x2(ex2(fmaf(s[2 * kc + 1][0], sl2, -m2[0])) * inv[0],
-                                   ex2(fmaf(s[2 * kc + 1][1], sl2, -m2[0])) * inv[0]);
-                pa[3] = pack_f16x2(ex2(fmaf(s[2 * kc + 1][2], sl2, -m2[1])) * inv[1],
-                                   ex2(fmaf(s[2 * kc + 1][3], sl2, -m2[1])) * inv[1]);
+                pa[0] = pack_f16x2(mg_ex2(fmaf(s[2 * kc][0], sl2, -m2[0])) * inv[0],
+                                   mg_ex2(fmaf(s[2 * kc][1], sl2, -m2[0])) * inv[0]);
+                pa[1] = pack_f16x2(mg_ex2(fmaf(s[2 * kc][2], sl2, -m2[1])) * inv[1],
+                                   mg_ex2(fmaf(s[2 * kc][3], sl2, -m2[1])) * inv[1]);
+                pa[2] = pack_f16x2(mg_ex2(fmaf(s[2 * kc + 1][0], sl2, -m2[0])) * inv[0],
+                                   mg_ex2(fmaf(s[2 * kc + 1][1], sl2, -m2[0])) * inv[0]);
+                pa[3] = pack_f16x2(mg_ex2(fmaf(s[2 * kc + 1][2], sl2, -m2[1])) * inv[1],
+                                   mg_ex2(fmaf(s[2 * kc + 1][3], sl2, -m2[1])) * inv[1]);
 #pragma unroll
                 for (int nd = 0; nd < NO / 2; ++nd) {
                     unsigned bf[4];

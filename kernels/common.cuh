@@ -37,6 +37,55 @@ __device__ __forceinline__ void mg_ldmatrix_x4_trans(unsigned (&r)[4], unsigned 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// ---- small f32 helpers of the attention kernels (attention_tc.cu, flash_attention*.cu) ----
+// 2^x by the hardware (ex2.approx, relative error ~2^-22; flushes subnormals).
+__device__ __forceinline__ float mg_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ bool mg_aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+}
+// Component i of a float4 (i a compile-time constant after unrolling).
+__device__ __forceinline__ float mg_comp(const float4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+// 4-byte global->shared copy through L1; src_bytes 0 zero-fills (pass any valid pointer).
+__device__ __forceinline__ void mg_cp_async4(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// Rows [row0, row0+ROWS) x columns [0, DP) of a [nrows, D] f32 matrix -> shared tile with
+// row stride LD floats, by NT threads; rows >= nrows and columns >= D are zero-filled.
+// vec (D % 4 == 0 and g 16-byte aligned): each thread copies one fixed 16-byte column chunk
+// of rows tr, tr + RSTEP, ...; else 4-byte copies. Asynchronous: the caller commits and waits.
+template <int ROWS, int DP, int LD, int NT>
+__device__ __forceinline__ void mg_load_rows_f32(float* sm, const float* g, int row0, int nrows,
+                                                 int D, bool vec) {
+    static_assert((ROWS * DP / 4) % NT == 0 && NT % (DP / 4) == 0, "whole rounds");
+    if (vec) {
+        constexpr int CH = DP / 4, RSTEP = NT / CH;
+        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * 4;
+        const unsigned dst = mg_smem_addr(sm + tr * LD + d);
+        const float* src = g + (size_t)(row0 + tr) * D + d;
+        const int rleft = nrows - row0 - tr;       // rows r < rleft are inside the matrix
+#pragma unroll
+        for (int it = 0; it < ROWS / RSTEP; ++it) {
+            const bool ok = it * RSTEP < rleft && d < D;
+            mg_cp_async16(dst + it * RSTEP * LD * 4, ok ? src + (size_t)it * RSTEP * D : g, ok ? 16 : 0);
+        }
+    } else {
+#pragma unroll 1
+        for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
+            const int r = i / DP, d = i % DP, gr = row0 + r;
+            const bool ok = gr < nrows && d < D;
+            mg_cp_async4(mg_smem_addr(sm + r * LD + d), ok ? g + (size_t)gr * D + d : g, ok ? 4 : 0);
+        }
+    }
+}
+
 // ---- attention dropout (flash_attention*.cu) ----
 // Dropout arguments, one kernel parameter (so every field is a constant-bank operand and
 // costs no register): the Philox round keys key[2r], key[2r+1] = (seed_lo + r*0x9E3779B9,
@@ -62,10 +111,6 @@ __device__ __forceinline__ uint4 mg_philox7(unsigned c0, unsigned c1, unsigned c
         c0 = h1 ^ c1 ^ dr.key[2 * r]; c1 = l1; c2 = h0 ^ c3 ^ dr.key[2 * r + 1]; c3 = l0;
     }
     return make_uint4(c0, c1, c2, c3);
-}
-
-__device__ __forceinline__ bool mg_aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
 }
 
 // The flash backward's preprocess, D_i = sum_d dO[i,d] * O[i,d] over rows = B*S rows of D

@@ -164,18 +164,6 @@ __host__ __device__ constexpr int min_blocks(int smem) {
     return (233472 / (smem + 1024)) < 3 ? (233472 / (smem + 1024)) : 3;
 }
 
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
-                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ float comp(const float4& v, int i) {   // i compile-time after unrolling
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
 __device__ __forceinline__ void fma4(float4& acc, float a, const float4& b) {
     acc.x = fmaf(a, b.x, acc.x); acc.y = fmaf(a, b.y, acc.y);
     acc.z = fmaf(a, b.z, acc.z); acc.w = fmaf(a, b.w, acc.w);
@@ -183,36 +171,6 @@ __device__ __forceinline__ void fma4(float4& acc, float a, const float4& b) {
 __device__ __forceinline__ float dot4(const float4& a, const float4& b, float acc) {
     acc = fmaf(a.x, b.x, acc); acc = fmaf(a.y, b.y, acc);
     acc = fmaf(a.z, b.z, acc); return fmaf(a.w, b.w, acc);
-}
-
-// Rows [row0, row0+ROWS) x columns [0, DP) of a [nrows, D] f32 matrix -> shared tile with
-// row stride LD floats; rows >= nrows and columns >= D are zero-filled.  Asynchronous
-// (cp.async); the caller commits and waits.
-template <int ROWS, int DP, int LD>
-__device__ __forceinline__ void load_tile(float* sm, const float* g, int row0, int nrows, int D,
-                                          bool vec) {
-    static_assert((ROWS * DP / 4) % NT == 0 && NT % (DP / 4) == 0, "tile loader assumes whole rounds");
-    if (vec) {
-        // each thread copies one fixed 16-byte column chunk of rows tr, tr + RSTEP, ...
-        constexpr int CH = DP / 4, RSTEP = NT / CH;
-        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * 4;
-        const unsigned dst = mg_smem_addr(sm + tr * LD + d);
-        const float* src = g + (size_t)(row0 + tr) * D + d;
-        const int rleft = nrows - row0 - tr;       // rows r < rleft are inside the matrix
-#pragma unroll
-        for (int it = 0; it < ROWS / RSTEP; ++it) {
-            const bool ok = it * RSTEP < rleft && d < D;
-            mg_cp_async16(dst + it * RSTEP * LD * 4, ok ? src + (size_t)it * RSTEP * D : g, ok ? 16 : 0);
-        }
-    } else {
-#pragma unroll 1
-        for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
-            const int r = i / DP, d = i % DP, gr = row0 + r;
-            const bool ok = gr < nrows && d < D;
-            const float* src = ok ? g + (size_t)gr * D + d : g;
-            cp_async4(mg_smem_addr(sm + r * LD + d), src, ok ? 4 : 0);
-        }
-    }
 }
 
 // acc[i][j] += A[ra + 16 i, :] . Bm[cb + 8 j, :] over d in [0, nd4*4)   (nd4: multiple of 4)
@@ -252,7 +210,7 @@ __device__ __forceinline__ void gemm_pv(float4 (&acc)[TM][TD], const float* P, c
             for (int jj = 0; jj < TD; ++jj) {
                 const float4 m = *reinterpret_cast<const float4*>(M + (4 * c4 + cc) * LDM + 32 * jj);
 #pragma unroll
-                for (int i = 0; i < TM; ++i) fma4(acc[i][jj], comp(p[i], cc), m);
+                for (int i = 0; i < TM; ++i) fma4(acc[i][jj], mg_comp(p[i], cc), m);
             }
         }
     }
@@ -284,9 +242,6 @@ __device__ __forceinline__ void store_rows(float* out, const float4 (&acc)[TM][T
     }
 }
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
-}
 
 // ------------------------------------------------------------------ attention dropout --
 // Dropout arguments and the Philox-4x32-7 generator: MgDropArgs and mg_philox7 in common.cuh.
@@ -352,7 +307,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
 
     const int tid = threadIdx.x, lane = tid & 31;
     const int cg = lane & 7, rg = (tid >> 5) * 4 + (lane >> 3);
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && (!PV || aligned16(V));
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && (!PV || mg_aligned16(V));
     const int nd4 = ((D + 15) / 16) * 4;            // float4 chunks actually used (<= DP/4)
     const float sl2 = scale * LOG2E;
 
@@ -365,10 +320,10 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         for (int jj = 0; jj < TD; ++jj) o[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
 
-    load_tile<BR, DP, LDQ>(Qs, q, q0, S, D, vec);
-    load_tile<BC, DP, LDK>(Ks, k, 0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
     mg_cp_async_commit();
-    if (PV) load_tile<BC, DP, LDV>(Vs, v, 0, S, D, vec);
+    if (PV) mg_load_rows_f32<BC, DP, LDV, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -402,11 +357,11 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
             const float mnew = fmaxf(m[i], mx * sl2);
             const float mu = mnew == -inf() ? 0.f : mnew;
-            const float alpha = ex2(m[i] - mu);
+            const float alpha = mg_ex2(m[i] - mu);
             float rs = 0.f;
 #pragma unroll
             for (int j = 0; j < TN; ++j) {
-                const float p = ex2(fmaf(s[i][j], sl2, -mu));
+                const float p = mg_ex2(fmaf(s[i][j], sl2, -mu));
                 s[i][j] = p;
                 rs += p;
             }
@@ -424,14 +379,14 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
             }
         }
         __syncthreads();                            // Ks free, Ps visible
-        if (kt + 1 < nkt) load_tile<BC, DP, LDK>(Ks, k, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
         mg_cp_async_commit();
         if (PV) {
             mg_cp_async_wait<1>();                  // V(kt) landed
             __syncthreads();
             gemm_pv<TM, TD, BC, LDP, LDV>(o, Ps + rg * LDP, Vs + 4 * cg);
             __syncthreads();                        // Vs, Ps free
-            if (kt + 1 < nkt) load_tile<BC, DP, LDV>(Vs, v, k0 + BC, S, D, vec);
+            if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDV, NT>(Vs, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
     }
@@ -448,7 +403,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         inv[i] = DROP ? drop.rp / t : 1.f / t;
     }
     if (PV) {
-        const bool vec_out = (D & 3) == 0 && aligned16(O);
+        const bool vec_out = (D & 3) == 0 && mg_aligned16(O);
         store_rows<TM, TD>(O + off, o, inv, q0, rg, cg, S, D, vec_out);
     }
     if (LSE != nullptr && cg == 0) {
@@ -488,7 +443,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 
     const int tid = threadIdx.x, lane = tid & 31;
     const int cg = lane & 7, rg = (tid >> 5) * 4 + (lane >> 3);
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && aligned16(V) && aligned16(dO);
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && mg_aligned16(V) && mg_aligned16(dO);
     const int nd4 = ((D + 15) / 16) * 4;
     const float sl2 = scale * LOG2E;
 
@@ -505,11 +460,11 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 #pragma unroll
         for (int jj = 0; jj < TD; ++jj) acc[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-    load_tile<BR, DP, LDQ>(Qs, q, q0, S, D, vec);
-    load_tile<BR, DP, LDQ>(dOs, dout, q0, S, D, vec);
-    load_tile<BC, DP, LDK>(Vs, v, 0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LDQ, NT>(dOs, dout, q0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LDK, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
-    load_tile<BC, DP, LDK>(Ks, k, 0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -543,22 +498,22 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
                     const int key = k0 + cg + 8 * j, row = q0 + rg + 16 * i;
                     if (key >= S || (CAUSAL && key > row)) x = -inf();
                 }
-                const float p = ex2(fmaf(x, sl2, -l2[i]));
+                const float p = mg_ex2(fmaf(x, sl2, -l2[i]));
                 dSs[(rg + 16 * i) * LDS_ + cg + 8 * j] = p * (dp[i][j] - dd[i]);
             }
         __syncthreads();                            // dS visible, Vs free
-        if (kt + 1 < nkt) load_tile<BC, DP, LDK>(Vs, v, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Vs, v, k0 + BC, S, D, vec);
         mg_cp_async_commit();
         gemm_pv<TM, TD, BC, LDS_, LDK>(acc, dSs + rg * LDS_, Ks + 4 * cg);
         __syncthreads();                            // Ks, dSs free
-        if (kt + 1 < nkt) load_tile<BC, DP, LDK>(Ks, k, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
         mg_cp_async_commit();
     }
     mg_cp_async_wait<0>();
     float mul[TM];
 #pragma unroll
     for (int i = 0; i < TM; ++i) mul[i] = scale;
-    const bool vec_out = (D & 3) == 0 && aligned16(dQ);
+    const bool vec_out = (D & 3) == 0 && mg_aligned16(dQ);
     store_rows<TM, TD>(dQ + off, acc, mul, q0, rg, cg, S, D, vec_out);
 }
 
@@ -593,7 +548,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 
     const int tid = threadIdx.x, lane = tid & 31;
     const int cg = lane & 7, rg = (tid >> 5) * 4 + (lane >> 3);
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && aligned16(V) && aligned16(dO);
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && mg_aligned16(V) && mg_aligned16(dO);
     const int nd4 = ((D + 15) / 16) * 4;
     const float sl2 = scale * LOG2E;
 
@@ -606,11 +561,11 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
             dv[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
         }
 
-    load_tile<BCK, DP, LDX>(Ks, k, k0, S, D, vec);
-    load_tile<BCK, DP, LDX>(Vs, v, k0, S, D, vec);
-    load_tile<BRQ, DP, LDX>(dOs, dout, qt0 * BRQ, S, D, vec);
+    mg_load_rows_f32<BCK, DP, LDX, NT>(Ks, k, k0, S, D, vec);
+    mg_load_rows_f32<BCK, DP, LDX, NT>(Vs, v, k0, S, D, vec);
+    mg_load_rows_f32<BRQ, DP, LDX, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
     mg_cp_async_commit();
-    load_tile<BRQ, DP, LDX>(Qs, q, qt0 * BRQ, S, D, vec);
+    mg_load_rows_f32<BRQ, DP, LDX, NT>(Qs, q, qt0 * BRQ, S, D, vec);
     mg_cp_async_commit();
 
     for (int qt = qt0; qt < nqt; ++qt) {
@@ -644,7 +599,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
                     const int key = k0 + cg + 8 * j, row = r0 + rg + 16 * i;
                     if (key >= S || (CAUSAL && key > row)) x = -inf();
                 }
-                const float p = ex2(fmaf(x, sl2, -l2[i]));
+                const float p = mg_ex2(fmaf(x, sl2, -l2[i]));
                 const int t = (cg + 8 * j) * LDT + rg + 16 * i;
                 if (DROP) {                          // dV uses P M/(1-p); dP = M/(1-p) dO.v
                     const bool kp = (keep >> (i * TN + j)) & 1u;
@@ -658,18 +613,18 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         __syncthreads();                            // PT, dST visible
         gemm_pv<KM, TD, BRQ, LDT, LDX>(dv, PT + rg * LDT, dOs + 4 * cg);
         __syncthreads();                            // dOs free
-        if (qt + 1 < nqt) load_tile<BRQ, DP, LDX>(dOs, dout, r0 + BRQ, S, D, vec);
+        if (qt + 1 < nqt) mg_load_rows_f32<BRQ, DP, LDX, NT>(dOs, dout, r0 + BRQ, S, D, vec);
         mg_cp_async_commit();
         gemm_pv<KM, TD, BRQ, LDT, LDX>(dk, dST + rg * LDT, Qs + 4 * cg);
         __syncthreads();                            // Qs, PT, dST free
-        if (qt + 1 < nqt) load_tile<BRQ, DP, LDX>(Qs, q, r0 + BRQ, S, D, vec);
+        if (qt + 1 < nqt) mg_load_rows_f32<BRQ, DP, LDX, NT>(Qs, q, r0 + BRQ, S, D, vec);
         mg_cp_async_commit();
     }
     mg_cp_async_wait<0>();
     float one[KM], sc[KM];
 #pragma unroll
     for (int i = 0; i < KM; ++i) { one[i] = 1.f; sc[i] = scale; }
-    const bool vec_out = (D & 3) == 0 && aligned16(dK) && aligned16(dV);
+    const bool vec_out = (D & 3) == 0 && mg_aligned16(dK) && mg_aligned16(dV);
     store_rows<KM, TD>(dV + off, dv, one, k0, rg, cg, S, D, vec_out);
     store_rows<KM, TD>(dK + off, dk, sc, k0, rg, cg, S, D, vec_out);
 }

@@ -135,22 +135,7 @@ __host__ __device__ constexpr int min_blocks(int smem, bool regfit) {
     return regfit && 2 * (smem + 1024) <= 233472 ? 2 : 1;
 }
 
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
-                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
-}
 __device__ __forceinline__ int rho(int c) { return (c >> 1) + ((c & 1) << 2); }   // 0,4,1,5,2,6,3,7
-__device__ __forceinline__ float comp(const float4& v, int i) {   // i compile-time after unrolling
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
 
 // ------------------------------------------------------------------------------ 3xTF32 --
 // big = x with the low 13 bits cleared (TF32), small = x - big (exact; the MMA reads its
@@ -246,7 +231,7 @@ __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p
                 const float4 v0 = *reinterpret_cast<const float4*>(mp + 8 * j * LD + 32 * G);
                 const float4 v1 = *reinterpret_cast<const float4*>(mp + (8 * j + 4) * LD + 32 * G);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mma3(tmp[e], a, comp(v0, e), comp(v1, e));
+                for (int e = 0; e < 4; ++e) mma3(tmp[e], a, mg_comp(v0, e), mg_comp(v1, e));
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
@@ -258,38 +243,12 @@ __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p
     }
 }
 
-// Rows [row0, row0+ROWS) x columns [0, DP) of a [nrows, D] f32 matrix -> shared tile of row
-// stride LD; rows >= nrows and columns >= D zero-filled.  cp.async; the caller commits.
-template <int ROWS, int DP, int LD, int NT>
-__device__ __forceinline__ void load_tile(float* sm, const float* gm, int row0, int nrows, int D,
-                                          bool vec) {
-    static_assert((ROWS * DP / 4) % NT == 0 && NT % (DP / 4) == 0, "whole rounds");
-    if (vec) {
-        constexpr int CH = DP / 4, RSTEP = NT / CH;
-        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * 4;
-        const unsigned dst = mg_smem_addr(sm + tr * LD + d);
-        const float* src = gm + (size_t)(row0 + tr) * D + d;
-        const int rleft = nrows - row0 - tr;
-#pragma unroll
-        for (int it = 0; it < ROWS / RSTEP; ++it) {
-            const bool ok = it * RSTEP < rleft && d < D;
-            mg_cp_async16(dst + it * RSTEP * LD * 4, ok ? src + (size_t)it * RSTEP * D : gm, ok ? 16 : 0);
-        }
-    } else {
-#pragma unroll 1
-        for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
-            const int r = i / DP, d = i % DP, gr = row0 + r;
-            const bool ok = gr < nrows && d < D;
-            cp_async4(mg_smem_addr(sm + r * LD + d), ok ? gm + (size_t)gr * D + d : gm, ok ? 4 : 0);
-        }
-    }
-}
 // n floats v[row0 .. row0+n) (zero past nrows) -> shared, by threads [t0, t0 + n)
 __device__ __forceinline__ void load_vec(float* sm, const float* gv, int row0, int nrows, int n, int t0) {
     const int i = (int)threadIdx.x - t0;
     if (i >= 0 && i < n) {
         const bool ok = row0 + i < nrows;
-        cp_async4(mg_smem_addr(sm + i), ok ? gv + row0 + i : gv, ok ? 4 : 0);
+        mg_cp_async4(mg_smem_addr(sm + i), ok ? gv + row0 + i : gv, ok ? 4 : 0);
     }
 }
 
@@ -409,7 +368,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wbase = 32 * (w >> 1) + 8 * (w & 1);
     const int rlo = wbase + rho(g), rhi = rlo + 16;  // block-local rows of m = g, g + 8
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && (!PV || aligned16(V));
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && (!PV || mg_aligned16(V));
     const int nch = (D + 15) >> 4, ngr = (D + 31) >> 5;
     const float sl2 = scale * LOG2E;
 
@@ -418,9 +377,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m_lo = -inf(), m_hi = -inf(), l_lo = 0.f, l_hi = 0.f;
 
-    load_tile<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
-    load_tile<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    if (PV) load_tile<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
+    if (PV) mg_load_rows_f32<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -428,8 +387,8 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         mg_cp_async_wait<0>();
         __syncthreads();                             // tile kt visible; tile kt-1's buffers free
         if (kt + 1 < nkt) {
-            load_tile<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
-            if (PV) load_tile<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
+            mg_load_rows_f32<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
+            if (PV) mg_load_rows_f32<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
         if (CAUSAL && k0 > q0 + wbase + 23) continue;   // every key above every row of this warp
@@ -460,14 +419,14 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
         const float mn_lo = fmaxf(m_lo, mx_lo * sl2), mn_hi = fmaxf(m_hi, mx_hi * sl2);
         const float mu_lo = mn_lo == -inf() ? 0.f : mn_lo, mu_hi = mn_hi == -inf() ? 0.f : mn_hi;
-        const float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
+        const float al_lo = mg_ex2(m_lo - mu_lo), al_hi = mg_ex2(m_hi - mu_hi);
         float rs_lo = 0.f, rs_hi = 0.f;
 #pragma unroll
         for (int j = 0; j < NJ; ++j) {
-            s[j][0] = ex2(fmaf(s[j][0], sl2, -mu_lo));
-            s[j][1] = ex2(fmaf(s[j][1], sl2, -mu_lo));
-            s[j][2] = ex2(fmaf(s[j][2], sl2, -mu_hi));
-            s[j][3] = ex2(fmaf(s[j][3], sl2, -mu_hi));
+            s[j][0] = mg_ex2(fmaf(s[j][0], sl2, -mu_lo));
+            s[j][1] = mg_ex2(fmaf(s[j][1], sl2, -mu_lo));
+            s[j][2] = mg_ex2(fmaf(s[j][2], sl2, -mu_hi));
+            s[j][3] = mg_ex2(fmaf(s[j][3], sl2, -mu_hi));
             rs_lo += s[j][0] + s[j][1];
             rs_hi += s[j][2] + s[j][3];
         }
@@ -494,7 +453,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
     if (PV) {
-        const bool vec_out = (D & 3) == 0 && aligned16(O);
+        const bool vec_out = (D & 3) == 0 && mg_aligned16(O);
         const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
         store_rows<DP>(O + off, o, i_lo, i_hi, q0 + rlo, q0 + rhi, S, D, t, vec_out);
     }
@@ -531,7 +490,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wbase = 32 * (w >> 1) + 8 * (w & 1);
     const int rlo = wbase + rho(g), rhi = rlo + 16;
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && aligned16(V) && aligned16(dO);
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && mg_aligned16(V) && mg_aligned16(dO);
     const int nch = (D + 15) >> 4, ngr = (D + 31) >> 5;
     const float sl2 = scale * LOG2E;
     const float l2_lo = q0 + rlo < S ? LSE[(size_t)b * S + q0 + rlo] * LOG2E : inf();
@@ -543,10 +502,10 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
-    load_tile<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
-    load_tile<BR, DP, LD, NT>(dOs, dout, q0, S, D, vec);
-    load_tile<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    load_tile<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows_f32<BR, DP, LD, NT>(dOs, dout, q0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
+    mg_load_rows_f32<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -554,8 +513,8 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         mg_cp_async_wait<0>();
         __syncthreads();
         if (kt + 1 < nkt) {
-            load_tile<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
-            load_tile<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
+            mg_load_rows_f32<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
+            mg_load_rows_f32<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
         if (CAUSAL && k0 > q0 + wbase + 23) continue;
@@ -579,7 +538,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
                     const int key = k0 + 8 * j + t + 4 * (e & 1), row = q0 + (e < 2 ? rlo : rhi);
                     if (key >= S || (CAUSAL && key > row)) x = -inf();
                 }
-                const float p = ex2(fmaf(x, sl2, -(e < 2 ? l2_lo : l2_hi)));
+                const float p = mg_ex2(fmaf(x, sl2, -(e < 2 ? l2_lo : l2_hi)));
                 float d = dp[j][e];
                 if (DROP) d = (keep >> (4 * j + e)) & 1u ? d * drop.rp : 0.f;
                 s[j][e] = p * (d - (e < 2 ? dd_lo : dd_hi));
@@ -587,7 +546,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         gemm_pm<NJ, DP, LD>(acc, s, Ks + buf * BC * LD, g, t, ngr);
     }
     mg_cp_async_wait<0>();
-    const bool vec_out = (D & 3) == 0 && aligned16(dQ);
+    const bool vec_out = (D & 3) == 0 && mg_aligned16(dQ);
     store_rows<DP>(dQ + off, acc, scale, scale, q0 + rlo, q0 + rhi, S, D, t, vec_out);
 }
 
@@ -621,7 +580,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int klo = 16 * w + rho(g), khi = klo + 8;  // block-local keys of m = g, g + 8
-    const bool vec = (D & 3) == 0 && aligned16(Q) && aligned16(K) && aligned16(V) && aligned16(dO);
+    const bool vec = (D & 3) == 0 && mg_aligned16(Q) && mg_aligned16(K) && mg_aligned16(V) && mg_aligned16(dO);
     const int nch = (D + 15) >> 4, ngr = (D + 31) >> 5;
     const float sl2 = scale * LOG2E;
 
@@ -632,11 +591,11 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
     }
 
-    load_tile<BCK, DP, LD, NT>(Ks, k, k0, S, D, vec);
-    load_tile<BCK, DP, LD, NT>(Vs, v, k0, S, D, vec);
+    mg_load_rows_f32<BCK, DP, LD, NT>(Ks, k, k0, S, D, vec);
+    mg_load_rows_f32<BCK, DP, LD, NT>(Vs, v, k0, S, D, vec);
     if (qt0 < nqt) {
-        load_tile<BRQ, DP, LD, NT>(Qs, q, qt0 * BRQ, S, D, vec);
-        load_tile<BRQ, DP, LD, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
+        mg_load_rows_f32<BRQ, DP, LD, NT>(Qs, q, qt0 * BRQ, S, D, vec);
+        mg_load_rows_f32<BRQ, DP, LD, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
         load_vec(Ls, lse, qt0 * BRQ, S, BRQ, 0);
         load_vec(Ds, ddp, qt0 * BRQ, S, BRQ, BRQ);
     }
@@ -648,8 +607,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         __syncthreads();
         if (qt + 1 < nqt) {
             const int nb = buf ^ 1;
-            load_tile<BRQ, DP, LD, NT>(Qs + nb * BRQ * LD, q, r0 + BRQ, S, D, vec);
-            load_tile<BRQ, DP, LD, NT>(dOs + nb * BRQ * LD, dout, r0 + BRQ, S, D, vec);
+            mg_load_rows_f32<BRQ, DP, LD, NT>(Qs + nb * BRQ * LD, q, r0 + BRQ, S, D, vec);
+            mg_load_rows_f32<BRQ, DP, LD, NT>(dOs + nb * BRQ * LD, dout, r0 + BRQ, S, D, vec);
             load_vec(Ls + nb * BRQ, lse, r0 + BRQ, S, BRQ, 0);
             load_vec(Ds + nb * BRQ, ddp, r0 + BRQ, S, BRQ, BRQ);
         }
@@ -679,7 +638,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
                     const int e = 2 * hh + x;
-                    float p = ex2(fmaf(st[j][e], sl2, -l2));
+                    float p = mg_ex2(fmaf(st[j][e], sl2, -l2));
                     if (mask) {
                         const int qry = r0 + qi, key = k0 + (hh ? khi : klo);
                         if (qry >= S || (CAUSAL && qry < key)) p = 0.f;
@@ -699,7 +658,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         gemm_pm<NJ, DP, LD>(dk, dpt, qs, g, t, ngr);     // dK += dS^T.Q
     }
     mg_cp_async_wait<0>();
-    const bool vec_out = (D & 3) == 0 && aligned16(dK) && aligned16(dV);
+    const bool vec_out = (D & 3) == 0 && mg_aligned16(dK) && mg_aligned16(dV);
     store_rows<DP>(dV + off, dv, 1.f, 1.f, k0 + klo, k0 + khi, S, D, t, vec_out);
     store_rows<DP>(dK + off, dk, scale, scale, k0 + klo, k0 + khi, S, D, t, vec_out);
 }
