@@ -45,11 +45,14 @@ once per batch entry; the one reduction handles all entries.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
+import struct
 
 from ...dtype import float32
+from . import compiler
 from .compiler import kparam_offsets
 
 ARGS = "PPPqqqqqqiiii"
@@ -217,8 +220,6 @@ def tensor_map(ptr, dt, dims, strides, box):
     words = _TMAPS.get(key, False)
     if words is not False:
         return words
-    import ctypes
-    import struct
     global _LIBCUDA
     if _LIBCUDA is None:
         try:
@@ -256,8 +257,6 @@ def _tma_pad_for(arch):
     the first map at parameter offset 48; PyCUDA packs the buffer from the format alone,
     so the launch prepends that padding. Read from the cubin (the same compile the
     backend loads: a cache hit) and checked against every parameter's offset."""
-    import struct
-    from . import compiler
     path = compiler.kernels_dir() / _HOPPER_FILE
     cubin = compiler.compile_file(path, compiler.arch_for_file(path.read_text(), arch))
     offs = kparam_offsets(cubin, "matmul_tc_tma_f16_nn_n256c2")
