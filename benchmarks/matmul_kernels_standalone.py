@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Standalone check and benchmark of the tensor-core matmul kernels
 (kernels/matmul_tc.cu, kernels/matmul_tc_wgmma.cu) through PyCUDA alone: of minigrad it
-imports only the compiler module's cubin reader (no runtime, no launcher).
+imports only pure functions (the cubin reader, the launcher's tile rule), no runtime.
 
     # no GPU needed: compile cubins with nvcc (sm_90 + sm_90a, or --arch sm_80)
     python3 benchmarks/matmul_kernels_standalone.py --build build/mtc_cubins
@@ -57,6 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minigrad.backend.cuda.compiler import kparam_offsets  # noqa: E402  (pure: reads a cubin)
+from minigrad.backend.cuda.ops_matmul import ws_tile  # noqa: E402  (the launcher's tile rule)
 
 ROOT = Path(__file__).resolve().parents[1]
 KDIR = ROOT / "kernels"
@@ -219,29 +220,6 @@ def vec_ok(a_ptr, b_ptr, lda, ldb, sA, sB):
     """The rule that makes 16-byte loads legal (the _v kernels and wgmma)."""
     return (lda % 8 == 0 and ldb % 8 == 0 and sA % 8 == 0 and sB % 8 == 0
             and a_ptr % 16 == 0 and b_ptr % 16 == 0)
-
-
-def wgmma_tile(M, N, batch, sms):
-    """n128 or n256 (kernels/matmul_tc_wgmma.cu header): fewer wave-quantised block
-    units of work wins, a 128x256 block counting 1.8 of a 128x128 one."""
-    if N <= 128:
-        return 128
-    b256 = math.ceil(M / 128) * math.ceil(N / 256) * batch
-    b128 = math.ceil(M / 128) * math.ceil(N / 128) * batch
-    return 256 if math.ceil(b256 / sms) * 1.8 <= math.ceil(b128 / sms) else 128
-
-
-def ws_tile(M, N, batch, sms):
-    """(BN, cluster) of the warp-specialized kernels (ops_matmul.ws_tile, measured on
-    H200): 256 iff it makes fewer wave-quantised units (1.8 per 128 x 256 tile, a tie to
-    128); 2-CTA clusters except 128-wide tiles with N <= 512."""
-    if N <= 128:
-        bn = 128
-    else:
-        b256 = math.ceil(M / 128) * math.ceil(N / 256) * batch
-        b128 = math.ceil(M / 128) * math.ceil(N / 128) * batch
-        bn = 256 if math.ceil(b256 / sms) * 1.8 < math.ceil(b128 / sms) else 128
-    return bn, (1 if bn == 128 and N <= 512 else 2)
 
 
 def sync_family(M, N, batch, sms):
