@@ -251,6 +251,9 @@ def main(argv=None):
     ap.add_argument("--plot", action="store_true", help="also draw loss.png (needs matplotlib)")
     ap.add_argument("--sample-len", type=int, default=300)
     ap.add_argument("--no-progress", action="store_true", help="plain log lines, no tqdm")
+    ap.add_argument("--no-jit", action="store_true",
+                    help="build every step's graph in Python (by default a GPU step is "
+                         "captured once by mg.jit and replayed)")
     args = ap.parse_args(argv)
     device = mg.device.canonical(args.device) if args.device else mg.default_device()
 
@@ -313,6 +316,16 @@ def main(argv=None):
     bar = tqdm(initial=start_iter, total=cfg["max_iters"], unit="it") if use_bar else None
     log = bar.write if bar else print
 
+    def train_step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+    # on the GPU the step is replayed from a record after two calls (mg.jit: no Python
+    # graph building per step); on the CPU mg.jit just calls it
+    step = train_step if args.no_jit else mg.jit(train_step)
+
     train_time, timed_iters = 0.0, 0
     for it in range(start_iter, cfg["max_iters"] + 1):
         if it % cfg["eval_interval"] == 0 or it == cfg["max_iters"] or it == start_iter:
@@ -336,11 +349,7 @@ def main(argv=None):
             group["lr"] = lr
         t0 = time.perf_counter()
         x, y = data.batch("train", cfg["batch_size"], cfg["block_size"], rng, device)
-        _, loss = model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        loss_value = loss.item()          # also waits for the GPU
+        loss_value = step(x, y).item()    # also waits for the GPU
         dt = time.perf_counter() - t0
         history.setdefault(it, {}).update(lr=lr, loss=loss_value)
         if it > start_iter:               # the first iteration includes warm-up work

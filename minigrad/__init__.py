@@ -6,6 +6,7 @@ from .device import cuda_available, default_device, synchronize
 from .dtype import (DType, bfloat16, bool_, float16, float32, float64, int8, int32, int64,
                     uint32)
 from .gradcheck import gradcheck
+from .jit import jit
 from .tensor import Tensor, manual_seed, realize
 
 bool = bool_  # noqa: A001  (mg.bool, as in the API)

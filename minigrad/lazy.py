@@ -32,6 +32,7 @@ DEBUG = int(os.environ.get("DEBUG", "0") or 0)
 FUSE = os.environ.get("FUSE", "1") != "0"
 MAX_FUSED_OPS = 32        # longer elementwise chains are split over several kernels
 ELEMENTWISE = ("unary", "binary", "where", "cast")
+capture = None    # the mg.jit recording in progress: its .held keeps every buffer read
 
 
 class LazyBuffer:
@@ -211,6 +212,8 @@ def realize(*roots: LazyBuffer) -> None:
     if DEBUG >= 3:
         for i, lb in enumerate(order):
             print(f"[minigrad]   {i:4d} {lb.describe():24s} {lb.shape} {lb.dtype.name} {lb.device}")
+    if capture is not None:       # a replay reads these buffers again: keep them alive
+        capture.held.extend(s.realized for lb in order for s in lb.srcs if s.realized is not None)
     for lb in order:
         t0 = time.perf_counter() if DEBUG >= 2 else 0.0
         lb.realized = _run(lb)

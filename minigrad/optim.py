@@ -79,7 +79,7 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        out, self._direct = [], []
+        out, self._direct, n_updates = [], [], 0
         with no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
@@ -92,6 +92,13 @@ class Optimizer:
                         state = self.state.setdefault(id(p), {"step": 0})
                         state["step"] += 1
                         out.extend(self._update(p, p.grad.detach(), group, state))
+                        n_updates += 1
+        if lazy.capture is not None and len(self._direct) != n_updates:
+            raise RuntimeError(
+                f"mg.jit: {type(self).__name__}.step() inside a captured function needs every "
+                "update to be AdamW's fused one (float32/float16/bfloat16 parameters, "
+                "fused=True): a composed update would replay with the learning rate and step "
+                "count of the captured call")
         if out:
             realize(*out)
         direct, self._direct = self._direct, []
@@ -247,16 +254,11 @@ class AdamW(Optimizer):
             state["exp_avg"] = Tensor.zeros_like(p, dtype=work)
             state["exp_avg_sq"] = Tensor.zeros_like(p, dtype=work)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        bc1, bc2_sqrt = 1 - beta1 ** state["step"], math.sqrt(1 - beta2 ** state["step"])
         if self.fused and work is float32 and g.dtype.itemsize <= 4 and \
                 m.dtype is float32 and v.dtype is float32:
-            # the scalars as the composed graph rounds them (Python float -> float32)
-            f = np.float32
-            consts = tuple(float(f(c)) for c in (
-                1 - beta1, 1 - beta2, 1 - lr * wd if wd else 1.0, lr * bc2_sqrt / bc1,
-                eps * bc2_sqrt))
-            self._direct.append(functools.partial(_adamw_direct, p, g, m, v, consts, state))
+            self._direct.append(functools.partial(_adamw_direct, p, g, group, state))
             return [p, g, m, v]         # realized by step() before the call
+        bc1, bc2_sqrt = 1 - beta1 ** state["step"], math.sqrt(1 - beta2 ** state["step"])
         g = g.cast(work)
         m = state["exp_avg"] = m + (g - m) * (1 - beta1)
         v = state["exp_avg_sq"] = v + (g * g - v) * (1 - beta2)
@@ -266,12 +268,48 @@ class AdamW(Optimizer):
         return [p, m, v]
 
 
-def _adamw_direct(p: Tensor, g: Tensor, m: Tensor, v: Tensor, consts: tuple, state: dict):
+def _adamw_consts(group: dict, step: int) -> tuple:
+    """The fused update's scalars (c1, c2, decay, step size, eps) as the composed graph
+    rounds them (computed in Python float64, rounded once to float32)."""
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], \
+        group["weight_decay"]
+    bc1, bc2_sqrt = 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
+    return tuple(float(np.float32(c)) for c in (
+        1 - beta1, 1 - beta2, 1 - lr * wd if wd else 1.0, lr * bc2_sqrt / bc1, eps * bc2_sqrt))
+
+
+def _adamw_direct(p: Tensor, g: Tensor, group: dict, state: dict):
     """The fused AdamW update of one parameter: the backend's `adamw` on the realized
-    buffers of p, g, m, v; p takes the new value, the state the new moments."""
-    new_p, new_m, new_v = get_backend(p.device).adamw(
-        *consts, *(t.lazydata.realized for t in (p, g, m, v)))
-    shape, device = p.shape, p.device
-    state["exp_avg"] = Tensor._from_lazy(lazy.constant(new_m, shape, float32, device))
-    state["exp_avg_sq"] = Tensor._from_lazy(lazy.constant(new_v, shape, float32, device))
-    p.lazydata = lazy.constant(new_p, shape, p.dtype, device)
+    buffers of p, g and the moments; p takes the new value, the state the new moments.
+
+    While mg.jit captures, the update runs in place (a replay must find this step's
+    result where the next step reads it) and each replay advances the step count and
+    reads the group's options again (a scheduler's learning rate)."""
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    backend, consts = get_backend(p.device), _adamw_consts(group, state["step"])
+    if lazy.capture is None:
+        new_p, new_m, new_v = backend.adamw(*consts, *(t.lazydata.realized for t in (p, g, m, v)))
+        shape, device = p.shape, p.device
+        state["exp_avg"] = Tensor._from_lazy(lazy.constant(new_m, shape, float32, device))
+        state["exp_avg_sq"] = Tensor._from_lazy(lazy.constant(new_v, shape, float32, device))
+        p.lazydata = lazy.constant(new_p, shape, p.dtype, device)
+        return
+    for name, t in (("p", p), ("exp_avg", m), ("exp_avg_sq", v)):   # dense buffers of their own
+        if not t.lazydata.realized.contig:
+            t = Tensor._from_lazy(lazy.constant(backend._dense(t.lazydata.realized),
+                                                t.shape, t.dtype, t.device))
+            if name == "p":
+                p.lazydata = t.lazydata
+            else:
+                state[name] = t
+    bufs = [t.lazydata.realized for t in (p, g, state["exp_avg"], state["exp_avg_sq"])]
+
+    def replay_consts():
+        if p.lazydata.realized is not bufs[0] or state["exp_avg"].lazydata.realized is not bufs[2]:
+            raise RuntimeError("mg.jit: a parameter or its optimizer state was replaced after "
+                               "the step was captured (load_state_dict?); call .reset() on the "
+                               "jitted function")
+        state["step"] += 1
+        return _adamw_consts(group, state["step"])
+
+    backend.adamw(*consts, *bufs, in_place=True, replay_consts=replay_consts)

@@ -24,17 +24,25 @@ _random_state = {"seed": 0, "calls": 0}
 
 def manual_seed(seed: int) -> None:
     """Make rand/randn/dropout reproducible: the same seed gives the same numbers."""
+    if lazy.capture is not None:
+        raise RuntimeError("mg.jit: manual_seed inside a captured function is not supported "
+                           "(a replay would not reseed); call it before the jitted function")
     _random_state["seed"], _random_state["calls"] = int(seed), 0
 
 
 def draw_seed() -> int:
     """A 64-bit seed for a kernel that makes its own random numbers (flash attention's
     dropout): the next draw of the generator that rand/randn/dropout use, so
-    manual_seed makes it reproducible; (seed, draw) is mixed by two splitmix64 rounds."""
+    manual_seed makes it reproducible."""
     _random_state["calls"] += 1
+    return mix_seed(_random_state["seed"], _random_state["calls"])
+
+
+def mix_seed(seed: int, call: int) -> int:
+    """draw_seed's value for draw number `call` after manual_seed(seed): (seed, call)
+    mixed by two splitmix64 rounds."""
     m64 = 0xFFFFFFFFFFFFFFFF
-    x = (_random_state["seed"] * 0x9E3779B97F4A7C15 + _random_state["calls"] *
-         0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & m64
+    x = (seed * 0x9E3779B97F4A7C15 + call * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & m64
     for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
         x = ((x ^ (x >> shift)) * mul) & m64
     return x ^ (x >> 31)
@@ -235,6 +243,8 @@ class Tensor:
         if x.shape != self.shape or x.device != self.device:
             raise ValueError(f"assign: need shape {self.shape} on {self.device}, got "
                              f"{x.shape} on {x.device}")
+        if lazy.capture is not None:    # mg.jit: the new value must land in the old buffer
+            lazy.capture.assigned(self)
         self.lazydata = (x.cast(self.dtype) if x.dtype != self.dtype else x).lazydata
         return self
 

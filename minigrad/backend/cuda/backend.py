@@ -151,8 +151,10 @@ class CudaBackend:
         return runtime.memory_stats()
 
     # -- the elementwise engine ---------------------------------------------------
-    def _ew(self, expr, out: CudaBuffer, ins=(), scalars=()):
-        """out[...] = expr(ins[...]) over equal shapes; scalars: (ctype, value)."""
+    def _ew(self, expr, out: CudaBuffer, ins=(), scalars=(), replay_scalars=None):
+        """out[...] = expr(ins[...]) over equal shapes; scalars: (ctype, value).
+        replay_scalars: while mg.jit captures, a callable giving the scalars' values
+        for a replay (see runtime.launch)."""
         n = out.size
         if n == 0:
             return out
@@ -180,11 +182,16 @@ class CudaBackend:
         args = [n, out.ptr, *[x.ptr for x in ins], *[v for _, v in scalars], *dims[1:]]
         for st in sts:
             args += st
-        runtime.launch(fn, min(-(-n // (_BLOCK * cg.UNROLL)), 1 << 20), _BLOCK, args)
+        replay = None
+        if replay_scalars is not None and runtime.capture is not None:
+            k = 2 + len(ins)
+            replay = lambda: args[:k] + list(replay_scalars()) + args[k + len(scalars):]  # noqa: E731
+        runtime.launch(fn, min(-(-n // (_BLOCK * cg.UNROLL)), 1 << 20), _BLOCK, args,
+                       replay_args=replay)
         return out
 
-    def _new(self, shape, dtype, expr, ins=(), scalars=()):
-        return self._ew(expr, self.empty(shape, dtype), ins, scalars)
+    def _new(self, shape, dtype, expr, ins=(), scalars=(), replay_scalars=None):
+        return self._ew(expr, self.empty(shape, dtype), ins, scalars, replay_scalars)
 
     def _fill(self, out: CudaBuffer, value):
         """Fill a dense buffer: memset when the bytes allow, else a kernel."""
@@ -229,9 +236,12 @@ class CudaBackend:
     def random(self, dist, shape, dtype: DType, seed: int, counter: int):
         fn = "mg_uniform" if dist == "uniform" else "mg_normal"
         m = (1 << 64) - 1
+        cap = runtime.capture          # mg.jit: each replay draws the numbers anew
         return self._new(shape, dtype, f"{fn}(c0, c1, i)",
                          scalars=[("unsigned long long", int(seed) & m),
-                                  ("unsigned long long", int(counter) & m)])
+                                  ("unsigned long long", int(counter) & m)],
+                         replay_scalars=cap and (lambda: [v & m for v in
+                                                          cap.random_args(seed, counter)]))
 
     # -- elementwise --------------------------------------------------------------
     def unary(self, op, x):
@@ -465,12 +475,18 @@ class CudaBackend:
         return self.from_numpy(out)
 
     # -- fused optimizer step -----------------------------------------------------
-    def adamw(self, c1, c2, decay, step, eps, p, g, m, v):
+    def adamw(self, c1, c2, decay, step, eps, p, g, m, v, in_place=False, replay_consts=None):
         """(p', m', v') of one AdamW step (codegen.adamw) in one kernel; m and v are
         float32, p' has p's dtype. Inputs that are neither dense nor a broadcast
-        scalar are made dense first."""
-        outs = (self.empty(p.shape, p.dtype), self.empty(p.shape, float32),
-                self.empty(p.shape, float32))
+        scalar are made dense first. in_place: write p', m', v' over p, m, v (dense).
+        replay_consts: while mg.jit captures, a callable giving (c1, ..., eps) for a replay."""
+        if in_place:
+            if not (p.contig and m.contig and v.contig):
+                raise ValueError("adamw: in_place needs dense p, m and v")
+            outs = (p, m, v)
+        else:
+            outs = (self.empty(p.shape, p.dtype), self.empty(p.shape, float32),
+                    self.empty(p.shape, float32))
         n = p.size
         if n == 0:
             return outs
@@ -482,7 +498,21 @@ class CudaBackend:
             else:
                 sts.append(0)           # stride-0 view of one element (e.g. Tensor.zeros)
             ins.append(x)
-        fn = cg.adamw(p.dtype, g.dtype, n > _I32)
+        fn = cg.adamw(p.dtype, g.dtype, n > _I32, in_place)
+        args = [n, *(o.ptr for o in outs), *(x.ptr for x in ins), *sts]
+        runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
+                       args + [c1, c2, decay, step, eps],
+                       replay_args=replay_consts and (lambda: args + list(replay_consts())))
+        return outs
+        ins, sts = [], []
+        for x in (p, g, m, v):
+            if x.contig or any(x.strides):
+                x = self._dense(x)
+                sts.append(1)
+            else:
+                sts.append(0)           # stride-0 view of one element (e.g. Tensor.zeros)
+            ins.append(x)
+        fn = cg.adamw(p.dtype, g.dtype, n > _I32, in_place)
         runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
                        [n, *(o.ptr for o in outs), *(x.ptr for x in ins), *sts,
                         c1, c2, decay, step, eps])

@@ -525,7 +525,7 @@ extern "C" __global__ void {fname}({acc_t}* __restrict__ acc, const {ctype(src_d
 
 
 # -- fused optimizer step ----------------------------------------------------------
-def adamw(p_dt: DType, g_dt: DType, idx64: bool):
+def adamw(p_dt: DType, g_dt: DType, idx64: bool, in_place: bool = False):
     """One AdamW step per element, in float32 (optim.AdamW's fused path):
         m' = m + (g - m) * c1            v' = v + (g*g - v) * c2
         p' = p * decay - (m' * step) / (sqrt(v') + eps)    (rounded once to p's dtype)
@@ -535,17 +535,20 @@ def adamw(p_dt: DType, g_dt: DType, idx64: bool):
     from the CPU): results are bit-identical to the NumPy backend.
     Args: n, p_out, m_out, v_out (dense), p, g, m, v, then each input's stride (1, or 0
     for a broadcast scalar such as the zeros of the first step), then the scalars
-    c1, c2, decay, step, eps (float32 kernel arguments: one kernel serves every step)."""
-    key = ("adamw", p_dt.name, g_dt.name, idx64)
+    c1, c2, decay, step, eps (float32 kernel arguments: one kernel serves every step).
+    in_place: p_out, m_out, v_out are p, m, v themselves (mg.jit), so those pointers are
+    not declared __restrict__ (each element is still read before it is written)."""
+    key = ("adamw", p_dt.name, g_dt.name, idx64, in_place)
 
     def make():
         u, s, uf, sf = _idx_types(idx64)
         fname = _name("adamw", key)
+        r = "" if in_place else "__restrict__"
         src = _headers_for([p_dt, g_dt]) + f"""
-extern "C" __global__ void {fname}({u} n, {ctype(p_dt)}* __restrict__ po,
-    float* __restrict__ mo, float* __restrict__ vo, const {ctype(p_dt)}* __restrict__ p,
-    const {ctype(g_dt)}* __restrict__ g, const float* __restrict__ m,
-    const float* __restrict__ v, {s} sp, {s} sg, {s} sm, {s} sv,
+extern "C" __global__ void {fname}({u} n, {ctype(p_dt)}* {r} po,
+    float* {r} mo, float* {r} vo, const {ctype(p_dt)}* {r} p,
+    const {ctype(g_dt)}* __restrict__ g, const float* {r} m,
+    const float* {r} v, {s} sp, {s} sg, {s} sm, {s} sv,
     float c1, float c2, float decay, float step, float eps) {{
   for ({u} i = ({u})blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += ({u})gridDim.x * blockDim.x) {{

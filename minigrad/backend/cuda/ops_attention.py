@@ -73,6 +73,15 @@ def _drop(dropout_p, seed):
             keys + [dropout_threshold(dropout_p), float(np.float32(1 / (1 - dropout_p)))], 1)
 
 
+def _redrawn(args, dropout_p, seed):
+    """While mg.jit captures a dropout launch: replay arguments whose seed is drawn anew
+    at each replay (`args` without the dropout words)."""
+    cap = runtime.capture
+    if not dropout_p or cap is None:
+        return None
+    return lambda: args + _drop(dropout_p, cap.flash_seed(seed))[2]
+
+
 def _tf32(d):
     """True when head dim d runs on the 3xTF32 tensor-core kernels."""
     return TF32 and d <= 128
@@ -118,9 +127,10 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
             nt, rows, smem = 128, ROWS, FWD[dp][1]
             name = f"flash_attention_fwd{c}{sfx}_d{dp}"
         fn = _flash_fn(be, name, "PPPPPiiif" + dfmt, smem, dp, drop)
-        runtime.launch(fn, math.ceil(s / rows) * b, nt,
-                       [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
-                        b, s, d, _scale(d)] + dargs, smem)
+        args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
+                b, s, d, _scale(d)]
+        runtime.launch(fn, math.ceil(s / rows) * b, nt, args + dargs, smem,
+                       _redrawn(args, dropout_p, seed))
     return (out, lse) if with_stats else out
 
 
@@ -145,13 +155,13 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     pre = _flash_fn(be, f"{pfx}_bwd_preprocess", "PPPqi", 0, dp, drop)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
     fn = _flash_fn(be, f"{pfx}_bwd_dkdv{c}{sfx}_d{dp}{w}", "PPPPPPPPiiif" + dfmt, kv_smem, dp, drop)
-    runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt,
-                   [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
-                   + dargs, kv_smem)
+    args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
+    runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt, args + dargs, kv_smem,
+                   _redrawn(args, dropout_p, seed))
     fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + dfmt, dq_smem, dp, drop)
-    runtime.launch(fn, math.ceil(s / dq_rows) * b, dq_nt,
-                   [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale] + dargs,
-                   dq_smem)
+    args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale]
+    runtime.launch(fn, math.ceil(s / dq_rows) * b, dq_nt, args + dargs, dq_smem,
+                   _redrawn(args, dropout_p, seed))
     return dq, dk, dv
 
 

@@ -13,6 +13,13 @@ stream order keeps the old reader ahead of the new writer.
     synchronize()   memory_stats()   free_cached()
 
 DEBUG>=3 prints one line per launch with its time (synchronizing after it).
+
+Capture (mg.jit): while `capture` is set, every launch, copy and memset queued here is
+also appended to `capture.entries`, and every allocation to `capture.held` (kept alive,
+so no later tensor gets those addresses); `replay(entries)` queues them again. A launch
+may pass `replay_args`, a callable giving fresh arguments at each replay (random seeds,
+the optimizer's learning rate). Reading device memory on the host is refused while
+capturing: a replay could not repeat it.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ multiprocessors = device.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT
 _peak = 0
 _n_allocs = 0
 _FAST = hasattr(drv.Function, "_launch_kernel")
+capture = None          # the mg.jit recording in progress (an object with .entries, .held)
 
 
 def _finish_up():
@@ -79,6 +87,8 @@ def alloc(nbytes: int):
         pool.free_held()   # give cached blocks back to the driver and retry once
         a = pool.allocate(nbytes)
     _n_allocs += 1
+    if capture is not None:
+        capture.held.append(a)
     active = pool.active_bytes
     if active > _peak:
         _peak = active
@@ -120,11 +130,20 @@ def htod(dst_ptr: int, arr: np.ndarray):
     """Copy a host array to device memory, queued on the stream. The host data
     is staged by the driver before this returns (pageable memory)."""
     if arr.nbytes:
-        drv.memcpy_htod_async(dst_ptr, _bytes_view(arr), stream)
+        data = _bytes_view(arr)
+        if capture is not None:
+            data = data.copy()          # the replay copies the same bytes again
+            capture.entries.append((_HTOD, dst_ptr, data))
+        drv.memcpy_htod_async(dst_ptr, data, stream)
 
 
 def dtoh(out: np.ndarray, src_ptr: int) -> np.ndarray:
     """Copy device memory into the contiguous host array `out`; waits for it."""
+    if capture is not None:
+        raise RuntimeError(
+            "mg.jit: the captured function read a tensor on the host (.item(), .numpy(), "
+            "print or a transfer to the CPU); a replay cannot repeat that. Return the "
+            "tensor from the function and read it after the call")
     if out.nbytes:
         assert out.flags.c_contiguous
         drv.memcpy_dtoh_async(_bytes_view(out), src_ptr, stream)
@@ -134,11 +153,15 @@ def dtoh(out: np.ndarray, src_ptr: int) -> np.ndarray:
 
 def dtod(dst_ptr: int, src_ptr: int, nbytes: int):
     if nbytes:
+        if capture is not None:
+            capture.entries.append((_DTOD, dst_ptr, src_ptr, nbytes))
         drv.memcpy_dtod_async(dst_ptr, src_ptr, nbytes, stream)
 
 
 def memset(ptr: int, byte: int, nbytes: int):
     if nbytes:
+        if capture is not None:
+            capture.entries.append((_MEMSET, ptr, byte, nbytes))
         drv.memset_d8_async(ptr, byte, nbytes, stream)
 
 
@@ -166,9 +189,11 @@ def set_max_dynamic_shared(function, nbytes: int):
     function.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
 
 
-def launch(function, grid, block, args, shared_mem: int = 0):
+def launch(function, grid, block, args, shared_mem: int = 0, replay_args=None):
     """Queue `function` on the stream. `function` must come from get_function
     (prepared); `grid`/`block` are ints or tuples; `args` match its format.
+    `replay_args` (used only while capturing): a callable returning the arguments a
+    replay of this launch should use instead of `args`.
 
     This is `Function.prepared_async_call` without its per-call checks: pack the
     arguments with the prepared format and launch (~2 us less a launch)."""
@@ -181,6 +206,39 @@ def launch(function, grid, block, args, shared_mem: int = 0):
         print(f"launch {getattr(function, 'mg_name', '?'):<40} grid={grid} block={block[0]} "
               f"{(time.perf_counter() - t0) * 1e6:8.1f} us")
     elif _FAST:
-        function._launch_kernel(grid, block, _pack(function.arg_format, *args), shared_mem, stream)
+        packed = _pack(function.arg_format, *args)
+        if capture is not None:
+            capture.entries.append((_LAUNCH, function, grid, block, replay_args or packed,
+                                    shared_mem))
+        function._launch_kernel(grid, block, packed, shared_mem, stream)
+        return
     else:
         function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
+    if capture is not None:
+        capture.entries.append((_LAUNCH, function, grid, block, replay_args or tuple(args),
+                                shared_mem))
+
+
+_LAUNCH, _HTOD, _DTOD, _MEMSET = range(4)
+
+
+def replay(entries):
+    """Queue a capture's entries again, in order (see the module docstring)."""
+    for e in entries:
+        kind = e[0]
+        if kind == _LAUNCH:
+            _, function, grid, block, args, shared_mem = e
+            if callable(args):
+                args = args()
+            if not _FAST:
+                function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
+                continue
+            if type(args) is not bytes:
+                args = _pack(function.arg_format, *args)
+            function._launch_kernel(grid, block, args, shared_mem, stream)
+        elif kind == _DTOD:
+            drv.memcpy_dtod_async(e[1], e[2], e[3], stream)
+        elif kind == _MEMSET:
+            drv.memset_d8_async(e[1], e[2], e[3], stream)
+        else:
+            drv.memcpy_htod_async(e[1], e[2], stream)

@@ -1,0 +1,210 @@
+"""`mg.jit`: record a function's GPU work once, then replay the record.
+
+A GPT training step builds about 1,200 graph nodes and launches about 900 kernels. On
+the GPU, building, scheduling and launching them from Python takes longer than the
+kernels run, so the GPU waits for Python. `step = mg.jit(step)` fixes that:
+
+  call 1      runs `step` as usual (a warm-up: kernels compile, optimizer state appears);
+  call 2      runs it again while the CUDA runtime records every kernel launch, copy and
+              memset it queues, and keeps every buffer involved alive (runtime.capture);
+  call 3, ... do not run `step` at all: they copy the tensor arguments into the recorded
+              input buffers and queue the recorded launches again (runtime.replay), a few
+              microseconds each.
+
+What a replay gets right, so it computes what an eager call would have:
+  * tensor arguments: each call's values (same shapes, dtypes and device required);
+  * outputs: returned as new tensors (copies), so a result kept from one call is not
+    overwritten by the next;
+  * randomness: rand/randn/dropout and flash-attention dropout use the draws an eager
+    call would make from minigrad's generator (`mg.manual_seed` still decides them);
+  * AdamW (fused): each replay advances the step count and reads the param groups'
+    options again, so a learning-rate schedule works. While captured, the update is
+    done in place: a replay must find one step's parameters where the next step reads
+    them;
+  * `Tensor.assign` of a tensor that existed before the call: the new value is copied
+    into the old buffer at the end of each call (so other state updates carry over too).
+
+What is frozen at the capture, as with CUDA graphs in PyTorch or tinygrad's TinyJit: every
+other Python value the function computes (constants, shapes, branches, `Tensor.training`)
+and non-tensor arguments (a different value raises). Not allowed inside (a clear error at
+capture): reading a tensor on the host (`.item()`, `.numpy()`, `print`), nesting jitted
+functions, `manual_seed`, optimizer steps other than AdamW's fused update. The recorded
+buffers stay allocated until `reset()`, and none of them is reused within the step: the
+captured call needs more device memory than an eager one.
+
+On the CPU there is nothing to replay (NumPy runs each op at once): the function simply
+runs at every call. `MINIGRAD_JIT=0` makes every call run the function (for debugging).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+from . import lazy
+from .device import default_device, get_backend
+from .tensor import Tensor, _random_state, mix_seed, realize
+
+ENABLED = os.environ.get("MINIGRAD_JIT", "1") != "0"
+
+
+class _Capture:
+    """One recorded call: the runtime's entries (launches and copies, in stream order),
+    the allocations and buffers it keeps alive, and what the call drew at random."""
+
+    def __init__(self):
+        self.entries, self.held = [], []
+        self.seed, self.calls0 = _random_state["seed"], _random_state["calls"]
+        self.draws = 0                  # generator draws one call makes (known at the end)
+        self.base = self.calls0         # the generator's draw count when this run began
+        self._mixed = None              # flash seed drawn in the capture -> its draw number
+        self._assigned = {}             # id -> (tensor, its buffer before the call)
+        self.inputs = self.outputs = self.template = None
+
+    # -- randomness: the capture's draw i becomes draw base + i of the current replay --
+    def random_args(self, seed: int, counter: int) -> tuple:
+        """(seed, counter) of a rand/randn node, as this replay draws it."""
+        i = counter - self.calls0
+        if seed != self.seed or not 0 < i <= self.draws:
+            return seed, counter        # drawn before the call: the same numbers each time
+        return _random_state["seed"], self.base + i
+
+    def flash_seed(self, seed: int) -> int:
+        """A flash-attention dropout seed (tensor.draw_seed), as this replay draws it."""
+        if self._mixed is None:
+            self._mixed = {mix_seed(self.seed, self.calls0 + i): i
+                           for i in range(1, self.draws + 1)}
+        i = self._mixed.get(seed)
+        return seed if i is None else mix_seed(_random_state["seed"], self.base + i)
+
+    # -- state updates --------------------------------------------------------------
+    def assigned(self, t: Tensor) -> None:
+        """Tensor.assign is about to replace t's data (see the module docstring)."""
+        if id(t) not in self._assigned and t.lazydata.realized is not None:
+            self._assigned[id(t)] = (t, t.lazydata.realized)
+
+    def finish(self, outputs: list) -> None:
+        """Realize the outputs and the assigned tensors inside the capture, and copy each
+        assigned tensor's new value back into its old buffer."""
+        self.draws = _random_state["calls"] - self.calls0
+        realize(*outputs, *(t for t, _ in self._assigned.values()))
+        be = get_backend("cuda")
+        for t, old in self._assigned.values():
+            if t.lazydata.realized is not old:
+                be._copy_into(old, t.lazydata.realized)
+                t.lazydata = lazy.constant(old, t.shape, t.dtype, t.device)
+        self._assigned = {}
+
+
+def _flatten(value, tensors: list):
+    """A hashable description of an argument or a result: tensors become
+    ("tensor", shape, dtype name, device) and are appended to `tensors` in order."""
+    if isinstance(value, Tensor):
+        tensors.append(value)
+        return ("tensor", value.shape, value.dtype.name, value.device)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_flatten(v, tensors) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _flatten(v, tensors)) for k, v in value.items()))
+    return ("value", value)
+
+
+def _rebuild(desc, tensors):
+    """The inverse of _flatten: the described structure with `tensors` (an iterator)."""
+    kind = desc[0]
+    if kind == "tensor":
+        return next(tensors)
+    if kind in ("list", "tuple"):
+        items = [_rebuild(d, tensors) for d in desc[1]]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict":
+        return {k: _rebuild(d, tensors) for k, d in desc[1]}
+    return desc[1]
+
+
+def _copies(buffers) -> list:
+    """New tensors holding copies of `buffers` (queued on the stream like any op)."""
+    be = get_backend("cuda")
+    return [Tensor._from_lazy(lazy.constant(be._copy_into(be.empty(b.shape, b.dtype), b),
+                                            b.shape, b.dtype, "cuda")) for b in buffers]
+
+
+class jit:
+    """Decorator: `@mg.jit def step(x, y): ...`. See the module docstring.
+
+    `.reset()` drops the record (and its buffers); the next call starts again with a
+    warm-up. `.captured` is the number of recorded launches and copies (0 before)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._calls, self._capture, self._signature = 0, None, None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def captured(self) -> int:
+        return len(self._capture.entries) if self._capture else 0
+
+    def reset(self) -> None:
+        self._calls, self._capture, self._signature = 0, None, None
+
+    def __call__(self, *args, **kwargs):
+        tensors = []
+        signature = _flatten((args, kwargs), tensors)
+        if not ENABLED or not self._wants_cuda(tensors):
+            return self.fn(*args, **kwargs)
+        if lazy.capture is not None:
+            raise RuntimeError(f"mg.jit: {self.__name__} was called inside another captured "
+                               "function; jitted functions cannot be nested")
+        if self._capture is not None:
+            if signature != self._signature:
+                raise ValueError(
+                    f"mg.jit: {self.__name__} was captured for arguments {self._signature[1]} "
+                    f"and now got {signature[1]}; tensor shapes, dtypes, devices and other "
+                    "argument values must stay the same (or call .reset())")
+            return self._replay(tensors)
+        self._calls += 1
+        if self._calls == 1:
+            return self.fn(*args, **kwargs)     # warm-up: compiles, creates optimizer state
+        return self._record(args, kwargs, tensors, signature)
+
+    def _wants_cuda(self, tensors) -> bool:
+        devices = {t.device for t in tensors}
+        if "cuda" in devices and len(devices) > 1:
+            raise ValueError(f"mg.jit: {self.__name__} got tensors on {sorted(devices)}; a "
+                             "captured function takes its tensor arguments on the GPU only")
+        return devices == {"cuda"} if devices else default_device() == "cuda"
+
+    def _record(self, args, kwargs, tensors, signature):
+        from .backend.cuda import runtime
+        realize(*tensors)
+        # private input buffers: each replay copies its arguments here, so the caller's
+        # tensors are never written by a later call
+        inputs = _copies(t.lazydata.realized for t in tensors)
+        for t, new in zip(tensors, inputs):
+            new.requires_grad = t.requires_grad
+        it = iter(inputs)
+        args, kwargs = _rebuild(signature, it)
+        cap = _Capture()
+        runtime.capture = lazy.capture = cap
+        try:
+            result = self.fn(*args, **kwargs)
+            outputs = []
+            cap.template = _flatten(result, outputs)
+            cap.finish(outputs)
+        finally:
+            runtime.capture = lazy.capture = None
+        cap.inputs = [t.lazydata.realized for t in inputs]
+        cap.outputs = [t.lazydata.realized for t in outputs]
+        cap.held += cap.inputs + cap.outputs
+        self._capture, self._signature = cap, signature
+        return _rebuild(cap.template, iter(_copies(cap.outputs)))
+
+    def _replay(self, tensors):
+        from .backend.cuda import runtime
+        cap, be = self._capture, get_backend("cuda")
+        realize(*tensors)
+        for dst, t in zip(cap.inputs, tensors):
+            be._copy_into(dst, t.lazydata.realized)
+        cap.base = _random_state["calls"]
+        runtime.replay(cap.entries)
+        _random_state["calls"] = cap.base + cap.draws
+        return _rebuild(cap.template, iter(_copies(cap.outputs)))

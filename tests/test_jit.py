@@ -1,0 +1,249 @@
+"""mg.jit: capture a training step once, replay it.
+
+On the CPU (no GPU needed):
+  * the function simply runs at every call;
+  * with PyCUDA replaced by stubs (benchmarks/overhead_cpu.py; in a subprocess, so the
+    stubs never meet the rest of the suite), the launches a replay queues are compared
+    with the launches eager calls queue: same kernels, same grids, and the same
+    non-pointer arguments, including the values that change every step (rand/dropout
+    counters, flash-attention dropout seeds, AdamW's learning rate and step count);
+  * what cannot be captured raises a clear error.
+On the GPU (marked cuda): a jitted GPT training step gives the eager step's losses and
+parameters, outputs are fresh tensors, device memory stays flat over replays, and an
+assign inside the step carries over.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_runs_the_function_every_call():
+    calls = []
+
+    @mg.jit
+    def f(x, scale):
+        calls.append(1)
+        return x * scale
+
+    x = mg.Tensor(np.arange(4.0, dtype=np.float32), device="cpu")
+    for i in range(4):
+        np.testing.assert_array_equal(f(x, i).numpy(), np.arange(4.0) * i)
+    assert len(calls) == 4 and f.captured == 0
+    assert f.__name__ == "f"
+
+
+_STUB_PRELUDE = """
+import struct, sys
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+from overhead_cpu import install_fake_pycuda
+install_fake_pycuda()
+import numpy as np
+import minigrad as mg
+from minigrad.backend.cuda import runtime
+
+log = []
+def logged(self, grid, block, args, shared, stream):
+    vals = struct.unpack(self.arg_format, args)       # pointers differ run to run: drop them
+    name = "adamw" if "adamw" in self.name else self.name   # (in-place variant under jit)
+    log.append((name, tuple(grid), tuple(block),
+                tuple(v for c, v in zip(self.arg_format, vals) if c != "P")))
+runtime.drv.Function._launch_kernel = logged
+
+def make(sgd=False):
+    mg.manual_seed(0)
+    model = mg.nn.GPT(11, 8, 1, 2, 16, dropout=0.1).to("cuda")   # dropout: rand + flash
+    opt = (mg.optim.SGD(model.parameters(), lr=0.1) if sgd else
+           mg.optim.AdamW(model.parameters(), lr=1e-3))
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+    return step, opt
+
+def batches(n):
+    rng = np.random.default_rng(0)
+    return [(mg.Tensor(rng.integers(0, 11, (2, 8)), device="cuda"),
+             mg.Tensor(rng.integers(0, 11, (2, 8)), device="cuda")) for _ in range(n)]
+"""
+
+
+def _run_stubbed(body: str) -> str:
+    code = _STUB_PRELUDE.format(root=str(ROOT), bench=str(ROOT / "benchmarks")) + \
+        textwrap.dedent(body)
+    env = {**os.environ, "MINIGRAD_DEVICE": "cuda", "MINIGRAD_JIT": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_replay_queues_what_eager_calls_queue():
+    out = _run_stubbed("""
+        def calls(jitted, n=5):
+            step, opt = make()
+            f = mg.jit(step) if jitted else step
+            per_call = []
+            for i, (x, y) in enumerate(batches(n)):
+                for g in opt.param_groups:
+                    g["lr"] = 1e-3 * (i + 1)          # a schedule: read at every replay
+                if i == 3:
+                    mg.manual_seed(7)                 # reseeding between calls is honoured
+                del log[:]
+                loss = f(x, y)
+                mg.realize(loss)                      # (a jitted call's outputs already are)
+                per_call.append(list(log))
+            return per_call, f
+
+        eager, _ = calls(False)
+        jitted, f = calls(True)
+        assert f.captured > 100, f.captured
+        assert jitted[0] == eager[0]                  # call 1 is a plain warm-up
+        kinds = set()
+        for i in range(1, 5):
+            e, j = eager[i], jitted[i]
+            # the jit's own work: two input copies first, one output copy last
+            assert len(j) == len(e) + 3, (i, len(j), len(e))
+            assert j[2:-1] == e, i
+            kinds |= {k[0] for k in e}
+        assert "adamw" in kinds and any(k.startswith("flash_tf32_fwd_causal_dropout") for k in kinds)
+        # the step-dependent scalars did change between calls (so the comparison means something)
+        adamw = [[k[3] for k in c if k[0] == "adamw"][0] for c in eager]
+        assert len({a for a in adamw}) == 5
+        flash = [[k[3] for k in c if "dropout" in k[0]][0] for c in eager]
+        assert len({a for a in flash}) == 5
+        print("OK", f.captured)
+    """)
+    assert "OK" in out
+
+
+def test_what_cannot_be_captured_raises():
+    out = _run_stubbed("""
+        def expect(fn, exc, words):
+            try:
+                fn()
+            except exc as e:
+                assert all(w in str(e) for w in words), str(e)
+            else:
+                raise AssertionError(f"no {exc.__name__} for {words}")
+
+        (x, y), (x2, y2) = batches(2)
+
+        def reads_host(x):
+            return x.sum().item()
+        f = mg.jit(reads_host)
+        f(x)
+        expect(lambda: f(x), RuntimeError, ["mg.jit", ".item()"])
+
+        step, opt = make()
+        f = mg.jit(step)
+        f(x, y); f(x, y); f(x, y)
+        wrong = mg.Tensor(np.zeros((3, 8), dtype=np.int64), device="cuda")
+        expect(lambda: f(wrong, y), ValueError, ["mg.jit", "(3, 8)", "(2, 8)"])
+        expect(lambda: f(x, y.cpu() if hasattr(y, "cpu") else y.to("cpu")), ValueError,
+               ["mg.jit", "cpu"])
+
+        step, opt = make(sgd=True)
+        f = mg.jit(step)
+        f(x, y)
+        expect(lambda: f(x, y), RuntimeError, ["mg.jit", "SGD", "fused"])
+
+        def reseeds(x):
+            mg.manual_seed(3)
+            return x.float().dropout(0.5, training=True)
+        f = mg.jit(reseeds)
+        f(x)
+        expect(lambda: f(x), RuntimeError, ["manual_seed"])
+
+        inner = mg.jit(lambda x: x * 2)
+        def outer(x):
+            return inner(x) + 1
+        inner(x); inner(x); inner(x)
+        f = mg.jit(outer)
+        f(x)
+        expect(lambda: f(x), RuntimeError, ["nested"])
+        print("OK")
+    """)
+    assert "OK" in out
+
+
+# -------------------------------------------------------------------- GPU ----------
+def _gpt_run(jitted: bool, n_steps: int, extra_state=False):
+    mg.manual_seed(0)
+    model = mg.nn.GPT(37, 32, 2, 2, 64, dropout=0.1).to("cuda")
+    opt = mg.optim.AdamW(model.parameters(), lr=3e-3)
+    running = mg.Tensor(np.zeros((), dtype=np.float32), device="cuda").realize()
+
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if extra_state:
+            running.assign(running * 0.5 + loss.detach())    # state carried by assign
+        return loss
+
+    f = mg.jit(step) if jitted else step
+    rng = np.random.default_rng(1)
+    losses, kept = [], []
+    for i in range(n_steps):
+        for g in opt.param_groups:
+            g["lr"] = 3e-3 * (1 - i / n_steps)
+        x = mg.Tensor(rng.integers(0, 37, (4, 32)), device="cuda")
+        y = mg.Tensor(rng.integers(0, 37, (4, 32)), device="cuda")
+        loss = f(x, y)
+        kept.append(loss)
+        losses.append(loss.item())
+    params = [p.numpy() for p in model.parameters()]
+    return losses, params, [t.item() for t in kept], running.item(), f
+
+
+@pytest.mark.cuda
+def test_jitted_gpt_steps_match_eager(cuda):
+    n = 8
+    le, pe, _, re_, _ = _gpt_run(False, n, extra_state=True)
+    lj, pj, kept, rj, f = _gpt_run(True, n, extra_state=True)
+    assert f.captured > 100
+    # the embedding backward adds with atomics, so the order of float additions varies
+    np.testing.assert_allclose(lj, le, rtol=1e-4)
+    for a, b in zip(pj, pe):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(rj, re_, rtol=1e-4)
+    assert kept == lj             # each call's output is its own tensor, not overwritten
+    assert len(set(lj)) == n      # (and the losses did change)
+
+
+@pytest.mark.cuda
+def test_replays_keep_device_memory_flat(cuda):
+    mg.manual_seed(0)
+    model = mg.nn.GPT(37, 32, 1, 2, 32, dropout=0.1).to("cuda")
+    opt = mg.optim.AdamW(model.parameters(), lr=1e-3)
+
+    @mg.jit
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    x = mg.Tensor(np.ones((2, 32), dtype=np.int64), device="cuda")
+    for _ in range(3):
+        step(x, x).item()
+    before = mg.device.get_backend("cuda").memory_stats()["active_bytes"]
+    for _ in range(50):
+        step(x, x).item()
+    after = mg.device.get_backend("cuda").memory_stats()["active_bytes"]
+    assert after == before, (before, after)
+    step.reset()
+    assert step.captured == 0
