@@ -21,14 +21,16 @@ What a replay gets right, so it computes what an eager call would have:
     options again, so a learning-rate schedule works. While captured, the update is
     done in place: a replay must find one step's parameters where the next step reads
     them;
-  * `Tensor.assign` of a tensor that existed before the call: the new value is copied
-    into the old buffer at the end of each call (so other state updates carry over too).
+  * `Tensor.assign` of a tensor that holds a buffer: the new value is copied back into
+    that buffer at the end of each call, so state kept that way carries over (call 1
+    realizes its outputs and assigned tensors, so they hold buffers by call 2).
 
 What is frozen at the capture, as with CUDA graphs in PyTorch or tinygrad's TinyJit: every
 other Python value the function computes (constants, shapes, branches, `Tensor.training`)
 and non-tensor arguments (a different value raises). Not allowed inside (a clear error at
 capture): reading a tensor on the host (`.item()`, `.numpy()`, `print`), nesting jitted
-functions, `manual_seed`, optimizer steps other than AdamW's fused update. The recorded
+functions, `manual_seed`, optimizer steps other than AdamW's fused update, assigning to
+a tensor whose value is not computed yet. The recorded
 buffers stay allocated until `reset()`, and none of them is reused within the step: the
 captured call needs more device memory than an eager one.
 
@@ -57,7 +59,6 @@ class _Capture:
         self.draws = 0                  # generator draws one call makes (known at the end)
         self.base = self.calls0         # the generator's draw count when this run began
         self._mixed = None              # flash seed drawn in the capture -> its draw number
-        self._assigned = {}             # id -> (tensor, its buffer before the call)
         self.inputs = self.outputs = self.template = None
 
     # -- randomness: the capture's draw i becomes draw base + i of the current replay --
@@ -76,23 +77,26 @@ class _Capture:
         i = self._mixed.get(seed)
         return seed if i is None else mix_seed(_random_state["seed"], self.base + i)
 
-    # -- state updates --------------------------------------------------------------
-    def assigned(self, t: Tensor) -> None:
-        """Tensor.assign is about to replace t's data (see the module docstring)."""
-        if id(t) not in self._assigned and t.lazydata.realized is not None:
-            self._assigned[id(t)] = (t, t.lazydata.realized)
-
-    def finish(self, outputs: list) -> None:
+    def finish(self, outputs: list, assigned: list) -> None:
         """Realize the outputs and the assigned tensors inside the capture, and copy each
-        assigned tensor's new value back into its old buffer."""
+        assigned tensor's new value back into its buffer from before the call."""
         self.draws = _random_state["calls"] - self.calls0
-        realize(*outputs, *(t for t, _ in self._assigned.values()))
+        first = {}
+        for t, old in assigned:
+            first.setdefault(id(t), (t, old))
+        for t, old in first.values():
+            if old is None:
+                raise RuntimeError(
+                    "mg.jit: the captured function assigned a tensor whose value was not "
+                    f"computed yet (shape {t.shape}); only tensors holding a buffer can be "
+                    "updated across replays: mg.realize() it before the call")
+        realize(*outputs, *(t for t, _ in first.values()))
         be = get_backend("cuda")
-        for t, old in self._assigned.values():
+        for t, old in first.values():
             if t.lazydata.realized is not old:
                 be._copy_into(old, t.lazydata.realized)
                 t.lazydata = lazy.constant(old, t.shape, t.dtype, t.device)
-        self._assigned = {}
+            self.held.append(old)
 
 
 def _flatten(value, tensors: list):
@@ -163,8 +167,21 @@ class jit:
             return self._replay(tensors)
         self._calls += 1
         if self._calls == 1:
-            return self.fn(*args, **kwargs)     # warm-up: compiles, creates optimizer state
+            return self._warm_up(args, kwargs)
         return self._record(args, kwargs, tensors, signature)
+
+    def _warm_up(self, args, kwargs):
+        """Call 1: the function as usual (kernels compile, optimizer state appears), then
+        its outputs and assigned tensors are realized, so call 2 starts from buffers."""
+        lazy.assigned = assigned = []
+        try:
+            result = self.fn(*args, **kwargs)
+        finally:
+            lazy.assigned = None
+        outputs = []
+        _flatten(result, outputs)
+        realize(*outputs, *(t for t, _ in assigned))
+        return result
 
     def _wants_cuda(self, tensors) -> bool:
         devices = {t.device for t in tensors}
@@ -185,13 +202,14 @@ class jit:
         args, kwargs = _rebuild(signature, it)
         cap = _Capture()
         runtime.capture = lazy.capture = cap
+        lazy.assigned = assigned = []
         try:
             result = self.fn(*args, **kwargs)
             outputs = []
             cap.template = _flatten(result, outputs)
-            cap.finish(outputs)
+            cap.finish(outputs, assigned)
         finally:
-            runtime.capture = lazy.capture = None
+            runtime.capture = lazy.capture = lazy.assigned = None
         cap.inputs = [t.lazydata.realized for t in inputs]
         cap.outputs = [t.lazydata.realized for t in outputs]
         cap.held += cap.inputs + cap.outputs

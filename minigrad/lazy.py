@@ -33,6 +33,7 @@ FUSE = os.environ.get("FUSE", "1") != "0"
 MAX_FUSED_OPS = 32        # longer elementwise chains are split over several kernels
 ELEMENTWISE = ("unary", "binary", "where", "cast")
 capture = None    # the mg.jit recording in progress: its .held keeps every buffer read
+assigned = None   # while mg.jit runs its function: [(tensor, buffer before) per Tensor.assign]
 
 
 class LazyBuffer:

@@ -243,8 +243,8 @@ class Tensor:
         if x.shape != self.shape or x.device != self.device:
             raise ValueError(f"assign: need shape {self.shape} on {self.device}, got "
                              f"{x.shape} on {x.device}")
-        if lazy.capture is not None:    # mg.jit: the new value must land in the old buffer
-            lazy.capture.assigned(self)
+        if lazy.assigned is not None:   # mg.jit: the new value must land in the old buffer
+            lazy.assigned.append((self, self.lazydata.realized))
         self.lazydata = (x.cast(self.dtype) if x.dtype != self.dtype else x).lazydata
         return self
 
