@@ -262,11 +262,16 @@ def main(argv=None):
     ours = {}                           # variant -> (ms/iter, step)
     for variant, jit in (("Python graph", False),) if args.no_jit else \
             (("mg.jit", True), ("Python graph", False)):
+        if device == "cuda":
+            from minigrad.backend.cuda import runtime
+            runtime.reset_peak()
         step = minigrad_setup(cfg, device, args.attention, jit)
         ms, losses = time_steps(step, data, args.warmup)
         ours[variant] = ms, step
+        peak = (f"; peak pool memory {runtime.memory_stats()['peak_active_bytes'] / 2**20:.0f} MiB"
+                if device == "cuda" else "")
         print(f"minigrad ({device}, {variant}, attention {args.attention}): {ms:.2f} ms/iter; "
-              f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+              f"loss {losses[0]:.3f} -> {losses[-1]:.3f}{peak}")
 
     rows = []
     card = device

@@ -55,6 +55,7 @@ class _Capture:
 
     def __init__(self):
         self.entries, self.held = [], []
+        self.checks = []                # callables run before each replay (they raise)
         self.seed, self.calls0 = _random_state["seed"], _random_state["calls"]
         self.draws = 0                  # generator draws one call makes (known at the end)
         self.base = self.calls0         # the generator's draw count when this run began
@@ -219,6 +220,8 @@ class jit:
     def _replay(self, tensors):
         from .backend.cuda import runtime
         cap, be = self._capture, get_backend("cuda")
+        for check in cap.checks:        # before anything is queued
+            check()
         realize(*tensors)
         for dst, t in zip(cap.inputs, tensors):
             be._copy_into(dst, t.lazydata.realized)

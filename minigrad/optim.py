@@ -304,12 +304,16 @@ def _adamw_direct(p: Tensor, g: Tensor, group: dict, state: dict):
                 state[name] = t
     bufs = [t.lazydata.realized for t in (p, g, state["exp_avg"], state["exp_avg_sq"])]
 
-    def replay_consts():
-        if p.lazydata.realized is not bufs[0] or state["exp_avg"].lazydata.realized is not bufs[2]:
+    def unchanged():
+        if p.lazydata.realized is not bufs[0] or state["exp_avg"].lazydata.realized is not bufs[2] \
+                or state["exp_avg_sq"].lazydata.realized is not bufs[3]:
             raise RuntimeError("mg.jit: a parameter or its optimizer state was replaced after "
                                "the step was captured (load_state_dict?); call .reset() on the "
                                "jitted function")
+
+    def replay_consts():
         state["step"] += 1
         return _adamw_consts(group, state["step"])
 
+    lazy.capture.checks.append(unchanged)
     backend.adamw(*consts, *bufs, in_place=True, replay_consts=replay_consts)

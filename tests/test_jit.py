@@ -150,8 +150,13 @@ def test_what_cannot_be_captured_raises():
         f(x, y); f(x, y); f(x, y)
         wrong = mg.Tensor(np.zeros((3, 8), dtype=np.int64), device="cuda")
         expect(lambda: f(wrong, y), ValueError, ["mg.jit", "(3, 8)", "(2, 8)"])
-        expect(lambda: f(x, y.cpu() if hasattr(y, "cpu") else y.to("cpu")), ValueError,
-               ["mg.jit", "cpu"])
+        expect(lambda: f(x, y.to("cpu")), ValueError, ["mg.jit", "cpu"])
+        p0 = opt.param_groups[0]["params"][0]
+        p0.assign(p0 * 1)                          # a new buffer: the record is stale
+        expect(lambda: f(x, y), RuntimeError, ["mg.jit", "replaced", ".reset()"])
+        f.reset()
+        f(x, y); f(x, y); f(x, y)
+        assert f.captured > 100
 
         step, opt = make(sgd=True)
         f = mg.jit(step)
