@@ -265,11 +265,12 @@ def main(argv=None):
         if device == "cuda":
             from minigrad.backend.cuda import runtime
             runtime.reset_peak()
+            before = runtime.memory_stats()["active_bytes"]
         step = minigrad_setup(cfg, device, args.attention, jit)
         ms, losses = time_steps(step, data, args.warmup)
         ours[variant] = ms, step
-        peak = (f"; peak pool memory {runtime.memory_stats()['peak_active_bytes'] / 2**20:.0f} MiB"
-                if device == "cuda" else "")
+        peak = (f"; peak pool memory {(runtime.memory_stats()['peak_active_bytes'] - before) / 2**20:.0f}"
+                " MiB" if device == "cuda" else "")
         print(f"minigrad ({device}, {variant}, attention {args.attention}): {ms:.2f} ms/iter; "
               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}{peak}")
 
