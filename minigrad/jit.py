@@ -42,6 +42,8 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
+
 from . import lazy
 from .device import default_device, get_backend
 from .tensor import Tensor, _random_state, mix_seed, realize
@@ -110,7 +112,17 @@ def _flatten(value, tensors: list):
         return (type(value).__name__, tuple(_flatten(v, tensors) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, _flatten(v, tensors)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):     # (not comparable with ==: refused on the GPU)
+        return ("array", value.shape, value.dtype.str)
     return ("value", value)
+
+
+def _has_array(desc) -> bool:
+    if desc[0] in ("list", "tuple"):
+        return any(_has_array(d) for d in desc[1])
+    if desc[0] == "dict":
+        return any(_has_array(d) for _, d in desc[1])
+    return desc[0] == "array"
 
 
 def _rebuild(desc, tensors):
@@ -159,6 +171,10 @@ class jit:
         if lazy.capture is not None:
             raise RuntimeError(f"mg.jit: {self.__name__} was called inside another captured "
                                "function; jitted functions cannot be nested")
+        if _has_array(signature):
+            raise TypeError(f"mg.jit: {self.__name__} got a NumPy array; pass it as a Tensor "
+                            "(its values then change per call) or as a plain Python value "
+                            "(frozen at the capture)")
         if self._capture is not None:
             if signature != self._signature:
                 raise ValueError(

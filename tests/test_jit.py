@@ -37,7 +37,8 @@ def test_cpu_runs_the_function_every_call():
     x = mg.Tensor(np.arange(4.0, dtype=np.float32), device="cpu")
     for i in range(4):
         np.testing.assert_array_equal(f(x, i).numpy(), np.arange(4.0) * i)
-    assert len(calls) == 4 and f.captured == 0
+    np.testing.assert_array_equal(f(x, np.float32(2)).numpy(), np.arange(4.0) * 2)
+    assert len(calls) == 5 and f.captured == 0
     assert f.__name__ == "f"
 
 
@@ -151,6 +152,7 @@ def test_what_cannot_be_captured_raises():
         wrong = mg.Tensor(np.zeros((3, 8), dtype=np.int64), device="cuda")
         expect(lambda: f(wrong, y), ValueError, ["mg.jit", "(3, 8)", "(2, 8)"])
         expect(lambda: f(x, y.to("cpu")), ValueError, ["mg.jit", "cpu"])
+        expect(lambda: f(x, np.zeros((2, 8))), TypeError, ["mg.jit", "NumPy", "Tensor"])
         p0 = opt.param_groups[0]["params"][0]
         p0.assign(p0 * 1)                          # a new buffer: the record is stale
         expect(lambda: f(x, y), RuntimeError, ["mg.jit", "replaced", ".reset()"])
