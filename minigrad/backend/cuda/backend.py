@@ -504,16 +504,3 @@ class CudaBackend:
                        args + [c1, c2, decay, step, eps],
                        replay_args=replay_consts and (lambda: args + list(replay_consts())))
         return outs
-        ins, sts = [], []
-        for x in (p, g, m, v):
-            if x.contig or any(x.strides):
-                x = self._dense(x)
-                sts.append(1)
-            else:
-                sts.append(0)           # stride-0 view of one element (e.g. Tensor.zeros)
-            ins.append(x)
-        fn = cg.adamw(p.dtype, g.dtype, n > _I32, in_place)
-        runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
-                       [n, *(o.ptr for o in outs), *(x.ptr for x in ins), *sts,
-                        c1, c2, decay, step, eps])
-        return outs
