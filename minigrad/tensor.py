@@ -48,6 +48,27 @@ def mix_seed(seed: int, call: int) -> int:
     return x ^ (x >> 31)
 
 
+_SCALARS: dict = {}     # (device, dtype, shape, type(value), value key) -> its "full" node
+
+
+def _scalar_node(shape: tuple, value, dtype: DType, device: str) -> lazy.LazyBuffer:
+    """The node of a Python scalar operand, broadcast to `shape`, shared by every op
+    with the same constant: once one schedule has run it (a stride-0 view of one
+    element on either backend), `x * 1.0001` in a loop schedules and runs only the
+    multiply. Sharing is safe: a node never changes once realized."""
+    # the value itself is the key, except where equal values differ (0.0 and -0.0)
+    # or NaN is unequal to itself: there its repr is (as in the CUDA backend's cache)
+    key = (device, dtype, shape, type(value),
+           value if value and value == value else repr(value))
+    lb = _SCALARS.get(key)
+    if lb is None:
+        if len(_SCALARS) >= 4096:
+            _SCALARS.clear()
+        lb = _SCALARS[key] = lazy.node("full", (shape, value, dtype), (), shape, dtype,
+                                       device)
+    return lb
+
+
 def _shape_arg(shape) -> tuple:
     """Accept f(2, 3) and f((2, 3)) alike."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -297,8 +318,8 @@ class Tensor:
 
     def _const(self, value, dtype=None, shape=()) -> "Tensor":
         """A Python scalar as a tensor on this one's device."""
-        return Tensor.full(shape, value, dtype=dtype or self._scalar_dtype(value),
-                           device=self.device)
+        return Tensor._from_lazy(_scalar_node(tuple(shape), value,
+                                              dtype or self._scalar_dtype(value), self.device))
 
     def _pair(self, other, name) -> tuple:
         """Both operands as tensors of one dtype and one (broadcast) shape."""
@@ -306,9 +327,8 @@ class Tensor:
             if isinstance(other, (int, float, bool)):     # fast path: no broadcasting
                 dtype = self._scalar_dtype(other)
                 a = self if dtype is self.lazydata.dtype else self.cast(dtype)
-                shape = a.lazydata.shape
-                return a, Tensor._from_lazy(lazy.node("full", (shape, other, dtype), (),
-                                                      shape, dtype, a.lazydata.device))
+                la = a.lazydata
+                return a, Tensor._from_lazy(_scalar_node(la.shape, other, dtype, la.device))
             else:
                 other = Tensor(other, device=self.device)
         la, lb = self.lazydata, other.lazydata
