@@ -101,6 +101,9 @@ def _value_key(value):
     return repr(value)
 
 
+_COMPARISONS = frozenset(("lt", "le", "gt", "ge", "eq", "ne"))
+
+
 def _acc_dtype(dt: DType) -> DType:
     return float32 if dt.is_float else int64
 
@@ -115,7 +118,7 @@ class CudaBackend:
         self._consts = {}            # (dtype, _value_key(value)) -> one-element buffer, for `full`
         self._full_views = {}        # (dtype, _value_key(value), shape) -> its stride-0 view
         self._reduce_plans = {}      # (op, axes, shape, strides, dtypes) -> _reduce_plan()
-        self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ndim, ...)
+        self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ..., ndim, idx64)
         self.device_name, self.arch = runtime.name, runtime.arch
         ops_matmul.register(self)
         ops_quant.register(self)
@@ -158,30 +161,37 @@ class CudaBackend:
         n = out.size
         if n == 0:
             return out
-        flat = out.contig
-        if flat:    # the common case: dense operands and broadcast scalars (stride 0)
-            sts = [(1,)]
-            for x in ins:
-                if x.contig or not any(x.strides):
-                    sts.append((1,) if x.contig else (0,))
-                else:
+        # one loop over the operands, no comprehensions: a tiny op's cost here is all
+        # Python (args: n, out, in0.., c0.., dims[1:], then every operand's strides)
+        args, key, strides = [n, out.ptr], [expr, out.dtype], [1]
+        flat = out.contig   # the common case: dense operands and broadcast scalars (stride 0)
+        for x in ins:
+            args.append(x.ptr)
+            key.append(x.dtype)
+            if flat:
+                if x.contig:
+                    strides.append(1)
+                elif any(x.strides):
                     flat = False
-                    break
+                else:
+                    strides.append(0)
+        for ctype, value in scalars:
+            key.append(ctype)
+            args.append(value)
         if flat:
             dims, idx64 = (n,), n > _I32
         else:
             dims, sts = collapse(out.shape, [out.strides] + [x.strides for x in ins])
             idx64 = needs_idx64(n, dims, sts)
-        key = (expr, out.dtype, len(dims), idx64, *[x.dtype for x in ins],
-               *[t for t, _ in scalars])
+            strides = [s for st in sts for s in st]
+        key = (*key, len(dims), idx64)
         fn = self._ew_fns.get(key)
         if fn is None:
             fn = self._ew_fns[key] = cg.elementwise(
                 expr, out.dtype, [x.dtype for x in ins], tuple(t for t, _ in scalars),
                 len(dims), idx64)
-        args = [n, out.ptr, *[x.ptr for x in ins], *[v for _, v in scalars], *dims[1:]]
-        for st in sts:
-            args += st
+        args += dims[1:]
+        args += strides
         replay = None
         if replay_scalars is not None and runtime.capture is not None:
             k = 2 + len(ins)
@@ -248,7 +258,7 @@ class CudaBackend:
         return self._new(x.shape, x.dtype, cg.unary_expr(op, x.dtype), [x])
 
     def binary(self, op, a, b):
-        out_dt = bool_ if op in ("lt", "le", "gt", "ge", "eq", "ne") else a.dtype
+        out_dt = bool_ if op in _COMPARISONS else a.dtype
         return self._new(a.shape, out_dt, cg.binary_expr(op, a.dtype), [a, b])
 
     def where(self, cond, a, b):
