@@ -193,13 +193,24 @@ def _run(lb: LazyBuffer):
     return getattr(get_backend(lb.device), lb.op)(*lb.arg, *srcs)
 
 
+def _eager_order(roots):
+    """The schedule of one op whose inputs are realized or are unrealized constants
+    (eager-style use: no graph walk, nothing to fuse), else None."""
+    if len(roots) != 1 or roots[0].realized is not None:
+        return None
+    order = []
+    for s in roots[0].srcs:
+        if s.realized is None:
+            if s.srcs:
+                return None
+            order.append(s)
+    order.append(roots[0])
+    return order
+
+
 def realize(*roots: LazyBuffer) -> None:
-    root = roots[0] if len(roots) == 1 else None
-    if root is not None and root.realized is None and \
-            all(s.realized is not None or not s.srcs for s in root.srcs):
-        # fast path (eager-style use): one op whose inputs are ready or are constants
-        order = [s for s in root.srcs if s.realized is None] + [root]
-    else:
+    order = _eager_order(roots)
+    if order is None:
         order = schedule(roots)
         if FUSE and order:
             n = len(order)

@@ -26,12 +26,14 @@ def canonical(device) -> str:
 
 def get_backend(device: str):
     """The backend object of a canonical device name (created once)."""
-    if device not in _backends:
-        if device == "cpu":
-            from ..backend.numpy import NumpyBackend
-            _backends["cpu"] = NumpyBackend()
-        else:
-            _backends["cuda"] = _load_cuda()
+    backend = _backends.get(device)     # (one lookup: this runs for every op)
+    if backend is not None:
+        return backend
+    if device == "cpu":
+        from ..backend.numpy import NumpyBackend
+        _backends["cpu"] = NumpyBackend()
+    else:
+        _backends["cuda"] = _load_cuda()
     return _backends[device]
 
 
