@@ -135,6 +135,30 @@ def main():
             for _ in range(n):
                 L(cfn, 1, 1, 1, 256, 1, 1, 0, cst, addr, 0)
         rows.append(("cuda.bindings cuLaunchKernel (void** prebuilt)", per_iter_us(cb)))
+        vals = (16, out.ptr, a.ptr, b.ptr)
+        types = (ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
+
+        def cbt(n):
+            L = cbd.cuLaunchKernel
+            for _ in range(n):
+                L(cfn, 1, 1, 1, 256, 1, 1, 0, cst, (vals, types), 0)
+        rows.append(("cuda.bindings cuLaunchKernel (args tuple, packed per call)",
+                     per_iter_us(cbt)))
+        raw = pack(fmt, *args)
+        pbuf = ctypes.create_string_buffer(raw, len(raw))
+        psize = ctypes.c_size_t(len(raw))
+        extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(pbuf), 2, ctypes.addressof(psize), 0)
+        eaddr = ctypes.addressof(extra)
+
+        def cbe(n):
+            L = cbd.cuLaunchKernel
+            for _ in range(n):
+                L(cfn, 1, 1, 1, 256, 1, 1, 0, cst, 0, eaddr)
+        try:
+            rows.append(("cuda.bindings cuLaunchKernel (extra: packed buffer)",
+                         per_iter_us(cbe)))
+        except Exception as e:     # noqa: BLE001 - a probe: report and go on
+            print("cuda.bindings with extra= failed:", repr(e))
         fh = int(cfn)
         for libname, loader in (("CDLL", ctypes.CDLL), ("PyDLL", ctypes.PyDLL)):
             lib = loader("libcuda.so.1")
