@@ -454,3 +454,15 @@ def test_attention_kernel_impls_match_naive(impl, tol):
     if impl == "tc":                    # flash has attention dropout (tests/test_attention.py)
         with pytest.raises(ValueError, match="no attention dropout"):
             nn.CausalSelfAttention(16, 2, dropout=0.1, impl=impl)(Tensor(x))
+
+
+@pytest.mark.parametrize("impl", ["naive", "flash", "tc"])
+def test_attention_keeps_the_input_dtype(impl):
+    # the kernel impls compute in f32 (flash) or f16 (tc) and cast back
+    rng = np.random.default_rng(3)
+    q, k, v = (Tensor(rng.standard_normal((1, 2, 5, 8)).astype(np.float32)).cast(mg.bfloat16)
+               for _ in range(3))
+    out = nn.transformer.attention(q, k, v, causal=True, impl=impl)
+    assert out.dtype is mg.bfloat16 and out.shape == (1, 2, 5, 8)
+    ref = nn.transformer.attention(*(t.float() for t in (q, k, v)), causal=True, impl="naive")
+    np.testing.assert_allclose(out.float().numpy(), ref.numpy(), rtol=3e-2, atol=3e-2)

@@ -45,7 +45,12 @@ def _kernel_attention(q, k, v, causal, impl, dropout_p=0.0):
     from .. import ops
     if impl == "flash":
         fn = ops.attention_flash_causal if causal else ops.attention_flash
-        return fn(q.float(), k.float(), v.float(), dropout_p=dropout_p).cast(q.dtype)
+        # dense copies made once in the graph: the heads are strided views of the qkv
+        # projection, and the op's backward (which re-runs the forward) would otherwise
+        # copy them again (on CUDA, 36 fewer copies of [B, H, T, D] per GPT step)
+        dtype = q.dtype
+        q, k, v = (t.float().contiguous() for t in (q, k, v))
+        return fn(q, k, v, dropout_p=dropout_p).cast(dtype)
     fn = ops.attention_tc_causal if causal else ops.attention_tc
     return fn(q.half(), k.half(), v.half()).cast(q.dtype)
 
