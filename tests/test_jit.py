@@ -230,9 +230,12 @@ def test_jitted_gpt_steps_match_eager():
     lj, pj, kept, rj, f = _gpt_run(True, n, extra_state=True)
     assert f.captured > 100
     # the embedding backward adds with atomics, so the order of float additions varies
+    # from run to run (eager against eager too); AdamW's m / sqrt(v) turns a tiny change
+    # of a near-zero gradient into a visible one, so parameters are compared on the
+    # scale of one update (lr 3e-3): seen under compute-sanitizer, 3.5e-5 in 12 of 12,288
     np.testing.assert_allclose(lj, le, rtol=1e-4)
     for a, b in zip(pj, pe):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4)
     np.testing.assert_allclose(rj, re_, rtol=1e-4)
     assert kept == lj             # each call's output is its own tensor, not overwritten
     assert len(set(lj)) == n      # (and the losses did change)
