@@ -26,10 +26,14 @@ returns new dense buffers. Host rules:
   Bt, else `_tn_s` (byte loads, any layout).
 * matmul_int4 / qkv_project_*: M <= 64 -> the gemv (decode) kernels; M > 64 -> the wgmma
   gemm on cc 9.0, the mma.sync gemm elsewhere. int4 gemv: R = 1 row tile per block when
-  K > N, else 2; T = 1 token tile when M <= 8, else 2. x must be 16-byte aligned with a
-  row stride % 8 == 0 (qkv_project_int8 has element-load `_s` variants for other x; the
-  int4 kernels get a dense copy, whose row stride K is a multiple of the group size).
-* Kernels using more than 48 KB of dynamic shared memory get the attribute raised once.
+  K > N, else 2; T = 1 token tile when M <= 8, else 2.
+  x must be 16-byte aligned with a row stride % 8 == 0 (qkv_project_int8 has element-load
+  `_s` variants for other x; the int4 kernels get a dense copy, whose row stride K is a
+  multiple of the group size).
+* The fused QKV ops return three views of ONE allocation (each output 256-byte aligned):
+  one pool allocation instead of three (host time); the memory is freed with the last one.
+* Kernels are looked up once per entry name (host time); those using more than 48 KB of
+  dynamic shared memory get the attribute raised then.
 * Architectures the kernel files do not declare (`// minigrad-arch:`) are not registered:
   the backend then runs the NumPy reference on the host (with its one-time warning).
 """
@@ -103,18 +107,29 @@ class QuantKernels:
         self.b, self.rt = backend, runtime
         self.files = supported_files(backend.arch)
         self.wgmma = {f: a == "sm_90a" for f, a in self.files.items()}
+        self._fns = {}               # entry name -> prepared function (smem attribute raised)
 
     # ------------------------------------------------------------ plumbing --
     def _fn(self, file, entry, fmt, smem=0):
-        fn = self.b.function(file, entry, fmt)
-        if smem > 48 * 1024 and getattr(fn, "mg_max_dynamic_smem", 0) < smem:
-            self.rt.set_max_dynamic_shared(fn, smem)
-            fn.mg_max_dynamic_smem = smem
+        fn = self._fns.get(entry)
+        if fn is None:
+            fn = self.b.function(file, entry, fmt)
+            if smem > 48 * 1024:     # an entry is always launched with the same smem
+                self.rt.set_max_dynamic_shared(fn, smem)
+            self._fns[entry] = fn
         return fn
 
     def _launch(self, file, entry, fmt, grid, block, args, smem=0):
         assert grid[1] <= MAX_GRID_YZ and grid[2] <= MAX_GRID_YZ, (entry, grid)
-        self.rt.launch(self._fn(file, entry, fmt, smem), grid, block, args, smem)
+        fn = self._fns.get(entry) or self._fn(file, entry, fmt, smem)
+        self.rt.launch(fn, grid, block, args, smem)
+
+    def _outs3(self, shape, dtype):
+        """Three dense outputs of `shape` as views of one allocation, each 256-byte aligned."""
+        n = math.prod(shape)
+        seg = round_up(max(n, 1), 256 // dtype.itemsize)
+        buf = self.b.empty((3 * seg,), dtype)
+        return tuple(buf.view(shape, None, buf.offset + i * seg) for i in range(3))
 
     def _copy(self, x):
         """A fresh dense copy (new allocations are aligned)."""
@@ -122,6 +137,8 @@ class QuantKernels:
 
     def _aligned(self, x):
         """x dense, starting at a 16-byte boundary (a copy only when it is not)."""
+        if x.contig and x.ptr % 16 == 0:
+            return x
         x = self.b._dense(x)
         return x if x.ptr % 16 == 0 else self._copy(x)
 
@@ -256,7 +273,7 @@ class QuantKernels:
         K, N = wq.shape
         lead = x.shape[:-1]
         M = math.prod(lead)
-        outs = tuple(self.b.empty(lead + (N,), float16) for _ in range(3))
+        outs = self._outs3(lead + (N,), float16)
         if outs[0].size == 0:
             return outs
         if K == 0:
@@ -269,8 +286,9 @@ class QuantKernels:
         ldw = ws[0][1]
         vec = self._x_vec(X, ldx, 8)
         v = "v" if vec else "s"
-        args = [X.ptr, *(w.ptr for w, _ in ws), *(o.ptr for o in outs), ldx, ldw, N, M, N, K,
-                *(float(s) for s in scales)]
+        args = [X.ptr, ws[0][0].ptr, ws[1][0].ptr, ws[2][0].ptr, outs[0].ptr, outs[1].ptr,
+                outs[2].ptr, ldx, ldw, N, M, N, K, float(scales[0]), float(scales[1]),
+                float(scales[2])]
         if M <= GEMV_MAX_M:
             t = 1 if M <= 8 else 2
             self._launch(QKV_FILE, f"qkv_project_int8_gemv_t{t}_{v}", Q8_FMT,
@@ -289,16 +307,17 @@ class QuantKernels:
         N, K = wq.shape[0], wq.shape[1] * 8
         lead = x.shape[:-1]
         M = math.prod(lead)
-        outs = tuple(self.b.empty(lead + (N,), float16) for _ in range(3))
+        outs = self._outs3(lead + (N,), float16)
         if outs[0].size == 0:
             return outs
         if K == 0:
             return tuple(self._zero(o) for o in outs)
         X, ldx = self._x_f16(x, K)
-        ws = [self._aligned(w) for w in (wq, wk, wv)]
-        ss = [self._aligned(s) for s in (sq, sk, sv)]
-        args = [X.ptr, *(w.ptr for w in ws), *(s.ptr for s in ss), *(o.ptr for o in outs),
-                ldx, N, M, N, K, int(math.log2(group_size))]
+        al = self._aligned     # (the list keeps any copies alive until the launch is queued)
+        ins = [al(wq), al(wk), al(wv), al(sq), al(sk), al(sv)]
+        args = [X.ptr, ins[0].ptr, ins[1].ptr, ins[2].ptr, ins[3].ptr, ins[4].ptr, ins[5].ptr,
+                outs[0].ptr, outs[1].ptr, outs[2].ptr, ldx, N, M, N, K,
+                int(math.log2(group_size))]
         if M <= GEMV_MAX_M:
             t = 1 if M <= 8 else 2
             self._launch(QKV_FILE, f"qkv_project_int4_gemv_t{t}", Q4_FMT,
