@@ -231,6 +231,10 @@ class jit:
         cap.outputs = [t.lazydata.realized for t in outputs]
         cap.held += cap.inputs + cap.outputs
         self._capture, self._signature = cap, signature
+        if lazy.DEBUG >= 1:
+            print(f"[minigrad] jit {self.__name__}: captured {len(cap.entries)} launches and "
+                  f"copies ({sum(callable(e[4]) for e in cap.entries if len(e) == 6)} with "
+                  f"arguments rebuilt per replay), {cap.draws} random draws")
         return _rebuild(cap.template, iter(_copies(cap.outputs)))
 
     def _replay(self, tensors):
@@ -244,4 +248,6 @@ class jit:
         cap.base = _random_state["calls"]
         runtime.replay(cap.entries)
         _random_state["calls"] = cap.base + cap.draws
+        if lazy.DEBUG >= 2:
+            print(f"[minigrad] jit {self.__name__}: replayed {len(cap.entries)} launches and copies")
         return _rebuild(cap.template, iter(_copies(cap.outputs)))
