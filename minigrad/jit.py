@@ -1,6 +1,6 @@
 """`mg.jit`: record a function's GPU work once, then replay the record.
 
-A GPT training step builds about 1,200 graph nodes and launches about 900 kernels. On
+A GPT training step builds about 1,200 graph nodes and launches about 850 kernels. On
 the GPU, building, scheduling and launching them from Python takes longer than the
 kernels run, so the GPU waits for Python. `step = mg.jit(step)` fixes that:
 
