@@ -30,9 +30,9 @@ other Python value the function computes (constants, shapes, branches, `Tensor.t
 and non-tensor arguments (a different value raises). Not allowed inside (a clear error at
 capture): reading a tensor on the host (`.item()`, `.numpy()`, `print`), nesting jitted
 functions, `manual_seed`, optimizer steps other than AdamW's fused update, assigning to
-a tensor whose value is not computed yet. The recorded
-buffers stay allocated until `reset()`, and none of them is reused within the step: the
-captured call needs more device memory than an eager one.
+a tensor whose value is not computed yet. The recorded buffers stay allocated until
+`reset()`, and none of them is reused within the step, so the captured call needs more
+device memory than an eager one (the shakespeare_char step: 15.8 against 15.3 GB).
 
 On the CPU there is nothing to replay (NumPy runs each op at once): the function simply
 runs at every call. `MINIGRAD_JIT=0` makes every call run the function (for debugging).
