@@ -128,6 +128,31 @@ def test_replay_queues_what_eager_calls_queue():
     assert "OK" in out
 
 
+def test_structured_arguments_and_results():
+    out = _run_stubbed("""
+        (x, y), (x2, y2) = batches(2)
+
+        @mg.jit
+        def f(pair, scale=1.0, *, extra=None):
+            a, b = pair
+            return {"sum": a + b, "both": (a * scale, extra - b)}
+
+        for i in range(4):
+            r = f([x, y], 2.0, extra=x2)
+            assert sorted(r) == ["both", "sum"] and isinstance(r["both"], tuple)
+            assert r["sum"].shape == (2, 8) and r["both"][1].shape == (2, 8)
+        assert f.captured == 3, f.captured   # three kernels (the constant 2.0 is from call 1)
+        try:
+            f([x, y], 3.0, extra=x2)         # a Python value frozen at the capture
+        except ValueError as e:
+            assert "3.0" in str(e) and "2.0" in str(e), str(e)
+        else:
+            raise AssertionError("no error for a changed non-tensor argument")
+        print("OK")
+    """)
+    assert "OK" in out
+
+
 def test_what_cannot_be_captured_raises():
     out = _run_stubbed("""
         def expect(fn, exc, words):
