@@ -1,7 +1,8 @@
 """Tensor-core matmul family through minigrad (mg.ops.matmul_tc*) against torch on the same
 card: forward C = A·B (16-bit in, f32 out) at the sizes of issue 4, and the backward
 dA = dC·Bᵀ plus dB = Aᵀ·dC as minigrad's autograd runs it (the same kernels reading the
-operands transposed) against PyTorch's two f16 products. Worst of 5 medians of 20.
+operands transposed) against PyTorch's two f16 products, once through the Python graph and
+once replayed by `mg.jit` (what a jitted training step runs). Worst of 5 medians of 20.
 
 Usage (GPU machine): python benchmarks/matmul.py [--transformer] [--bwd-only]
                                                  [--split-compare] [--sweep]
@@ -144,6 +145,16 @@ def main():
                                  "ref_ms": ref, "ours_TFLOPs": 2 * flop / ours / 1e9,
                                  "ref_TFLOPs": 2 * flop / ref / 1e9 if ref else None})
                 om.FORCE_SPLIT = None
+                # the same two products captured once and replayed (mg.jit): no graph is
+                # built in Python, so this is the backward a jitted training step runs
+                jitted = mg.jit(ours_bwd)
+                jitted()                # call 1 runs it, call 2 captures it
+                jitted()
+                ours = gpu_ms(jitted, medians=5)
+                rows.append({"name": f"{name} bwd (dA+dB), mg.jit", "shape": f"{m}x{n}x{k}",
+                             "ours_ms": ours, "ref": f"torch {dt} dC@B.T + A.T@dC",
+                             "ref_ms": ref, "ours_TFLOPs": 2 * flop / ours / 1e9,
+                             "ref_TFLOPs": 2 * flop / ref / 1e9 if ref else None})
                 if args.sweep:
                     ref = torch_ms(lambda: ta.T @ tg, medians=5) if HAVE_TORCH else None
                     be = mg.device.get_backend("cuda")

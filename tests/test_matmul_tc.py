@@ -435,20 +435,24 @@ def test_split_launcher_emulated(case, arch, pipelined, monkeypatch, rng):
               else "mma")
     assert ("wgmma" in e0 or "_tma_" in e0) == (pipelined and hopper)
     bn, s, kc = om.plan(m, n, k, batch, 132, kernel)
-    # unsplit sm_90 products run the warp-specialized kernels (TMA / synchronous loads)
-    assert ("_tma_" in e0) == (pipelined and hopper and s == 1)
+    # sm_90 products run the warp-specialized kernels: TMA ones for the pipelined ops,
+    # split or not; synchronous-load ones for the sync ops when unsplit
+    assert ("_tma_" in e0) == (pipelined and hopper)
     assert ("_wgsync_" in e0) == (not pipelined and hopper and s == 1)
+    k_arg = 43 if "_tma_" in e0 else 11             # after the TMA kernels' 6 padding words
     if force is None:
         assert s > 1 or kernel == "mma_w8", "these shapes are meant to split"
     if s == 1:
-        assert len(mm) == 1 and not sums and mm[0][2][43 if "_tma_" in e0 else 11] == k
+        assert len(mm) == 1 and not sums and mm[0][2][k_arg] == k
         assert gpu.maps == (2 if "_tma_" in e0 else 0)
         return
     full, rem = divmod(k, kc)
     assert len(sums) == 1 and sums[0][2:] == (m * n, s, batch)
     assert len(mm) == batch * ((full > 0) + (rem > 0))
-    ks = sorted({args[11] for _, _, args in mm})
+    ks = sorted({args[k_arg] for _, _, args in mm})
     assert ks == sorted({kc} | ({rem} if rem else set()))
+    if "_tma_" in e0:                       # two maps per launch
+        assert gpu.maps == 2 * len(mm)
 
 
 # (a shape, b shape, a storage, b storage): unsplit products on sm_90 with the 16-byte rule
@@ -495,6 +499,11 @@ def test_ws_tile_rule():
     assert om.ws_tile(16384, 1536, 1, 132) == (256, 2)
     assert om.ws_tile(16384, 384, 1, 132) == (128, 1)       # narrow N: no cluster
     assert om.ws_tile(100, 64, 3, 132) == (128, 1)
+    # an odd number (< 8) of 128-row tiles: no cluster (its last CTA would idle)
+    assert om.ws_tile(384, 1152, 4, 132) == (128, 1)
+    assert om.ws_tile(384, 1536, 8, 132) == (128, 1)
+    assert om.ws_tile(640, 4096, 1, 132) == (256, 1)
+    assert om.ws_tile(1152, 4096, 1, 132)[1] == 2          # 9 row tiles: 1/18 idle
 
 
 def test_tma_refused_map_falls_back(monkeypatch, rng):
@@ -508,6 +517,21 @@ def test_tma_refused_map_falls_back(monkeypatch, rng):
                        runtime=gpu)
     assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
     assert [e for e, _, _ in gpu.launches] == ["matmul_tc_wgmma_f16_nn_n128"]
+
+
+def test_tma_refused_map_split_k_falls_back(monkeypatch, rng):
+    """Split-K too: a refused map queues no TMA launch; the chunks run on cp.async wgmma."""
+    om = _om()
+    gpu = _FakeGPU("sm_90")
+    monkeypatch.setattr(gpu, "tensor_map", lambda *a, **k: None, raising=False)
+    a = rng.standard_normal((64, 20000)).astype(np.float16)
+    b = rng.standard_normal((20000, 24)).astype(np.float16)
+    out = om.tc_matmul(gpu, _stored(gpu, a, mg.float16, "t"), gpu.upload(b, mg.float16), True,
+                       runtime=gpu)
+    assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
+    names = [e for e, _, _ in gpu.launches]
+    assert names[-1].startswith("matmul_tc_splitk_sum") and len(names) >= 2
+    assert all(e == "matmul_tc_wgmma_f16_tn_n128" for e in names[:-1]), names
 
 
 def test_tensor_map_without_a_loadable_driver_is_refused(monkeypatch):

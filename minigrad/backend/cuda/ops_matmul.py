@@ -13,9 +13,9 @@ views, choosing a kernel by the host rules stated in the kernel files' headers:
                    blocks for half the SMs; else 128x128.
   pipelined ops    on sm_90: TMA + wgmma, warp-specialized and persistent, 2-CTA clusters
                    sharing B by TMA multicast (`matmul_tc_tma_*_n{256,128}c2`), the tensor
-                   maps encoded here (cuTensorMapEncodeTiled through ctypes, cached);
-                   where the driver refuses a map, or split-K applies, cp.async + wgmma
-                   (`matmul_tc_wgmma_*`); elsewhere the 4-stage cp.async kernel.
+                   maps encoded here (cuTensorMapEncodeTiled through ctypes, cached),
+                   split-K chunks included; where the driver refuses a map, cp.async +
+                   wgmma (`matmul_tc_wgmma_*`); elsewhere the 4-stage cp.async kernel.
   sync ops         on sm_90: wgmma fed by synchronous ld.global -> st.shared copies in a
                    producer warpgroup (`matmul_tc_wgsync_*`; "sync" = no cp.async, no TMA,
                    the lead's ruling in issue 4); elsewhere (and for split-K) mma.sync.
@@ -26,20 +26,22 @@ views, choosing a kernel by the host rules stated in the kernel files' headers:
                    tokens), K is cut into S chunks: `plan()` below.
 
 Split-K needs no kernel change. The kernels' batch mechanism (blocks walk entries
-`bat` with A + bat*strideA, B + bat*strideB, C + bat*strideC, grid.z) expresses the
-chunks directly: chunk s of length Kc is A advanced by s*Kc along K (strideA = Kc for
-A 'n', Kc*lda for 't'), B advanced by s*Kc rows (strideB = Kc*ldb for B 'n', Kc for
-'t'), and an f32 slab s of a pooled workspace [S, M, N] (strideC = M*N), launched with
-K = Kc and batch = the number of full chunks. Kc is a multiple of the kernel's K tile,
-so the chunk offsets keep the 16-byte rule. When K % Kc != 0 the short last chunk
-(K - full*Kc) is a second launch of the same kernel with K = that length (the kernel
-zero-fills the K tail as always). Then `matmul_tc_splitk_sum` adds the slabs in the
-order s = 0, 1, ..., S-1 into the output: no atomics, so a given shape on a given card
-gives the same bits every run (the chunking depends on the shape and the SM count
-only). Split-K changes the f32 summation order, which OPS.md allows (the reference is
-A.astype(f32) @ B.astype(f32), compared with a tolerance). A batched product
-([batch..., M, K] @ [K, N], batch <= SPLIT_BATCH_MAX) that splits runs these launches
-once per batch entry; the one reduction handles all entries.
+`bat` with A + bat*strideA, B + bat*strideB, C + bat*strideC; for the TMA kernels the
+tensor maps' third dimension) expresses the chunks directly: chunk s of length Kc is A
+advanced by s*Kc along K (strideA = Kc for A 'n', Kc*lda for 't'), B advanced by s*Kc
+rows (strideB = Kc*ldb for B 'n', Kc for 't'), and an f32 slab s of a pooled workspace
+[S, M, N] (strideC = M*N), launched with K = Kc and batch = the number of full chunks.
+Kc is a multiple of the kernel's K tile, so the chunk offsets keep the 16-byte rule (and
+a chunk's tensor map, Kc long along K, never reads into the next chunk). When
+K % Kc != 0 the short last chunk (K - full*Kc) is a second launch of the same kernel
+with K = that length (the kernel zero-fills the K tail as always). Then
+`matmul_tc_splitk_sum` adds the slabs in the order s = 0, 1, ..., S-1 into the output:
+no atomics, so a given shape on a given card gives the same bits every run (the
+chunking depends on the shape and the SM count only). Split-K changes the f32 summation
+order, which OPS.md allows (the reference is A.astype(f32) @ B.astype(f32), compared
+with a tolerance). A batched product ([batch..., M, K] @ [K, N], batch <=
+SPLIT_BATCH_MAX) that splits runs these launches once per batch entry; the one
+reduction handles all entries.
 
 `register(backend)` makes these the CUDA kernels of mg.ops.matmul_tc{,_bf16}{,_async}.
 """
@@ -126,15 +128,19 @@ def ws_tile(m, n, batch, sms):
     work (a 256-wide tile counting 1.8 of a 128-wide one; a tie goes to 128: at
     16384x1152x384 n128 was 5 % faster); 2-CTA clusters sharing B by multicast (4096^3:
     706 vs 604 TFLOP/s without), except 128-wide tiles of a narrow N <= 512, where B is
-    small and the single-CTA kernel was 4-7 % faster (N = 384). The synchronous-load
-    kernels use the same tile width."""
+    small and the single-CTA kernel was 4-7 % faster (N = 384), and an odd number of
+    128-row tiles below 8, where the second CTA of the last cluster row idles (>= 1/8 of
+    the CTAs: the split-K weight gradients with a 384-row output ran 1.3-1.7x slower
+    with clusters, H100, docs/benchmarks.md §4c). The synchronous-load kernels use the
+    same tile width."""
     if n <= 128:
         bn = 128
     else:
         b256 = math.ceil(m / 128) * math.ceil(n / 256) * batch
         b128 = math.ceil(m / 128) * math.ceil(n / 128) * batch
         bn = 256 if math.ceil(b256 / sms) * 1.8 < math.ceil(b128 / sms) else 128
-    return bn, (1 if bn == 128 and n <= 512 else 2)
+    mt = math.ceil(m / 128)
+    return bn, (1 if (bn == 128 and n <= 512) or (mt % 2 and mt < 8) else 2)
 
 
 def chunks(k: int, s: int, kt: int):
@@ -293,23 +299,24 @@ def ws_grid(m, n, batch, bn, cm, sms):
     return cm * min(units, sms // cm)
 
 
-def _launch_tma(be, rt, dt, layout, a, b, out, lda, ldb, sa, sb, m, n, k, batch, sms):
-    """The TMA kernel (maps: A 'n' box 64 k x 128 m, A 't' 64 m x 64 k, B 't' 64 k x
-    BN/CM n, B 'n' 64 n x 64 k; see the kernel header). False if a map is refused."""
+def _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, sa, sb, m, n, k, batch, sms):
+    """The launch of a TMA kernel, as a callable (maps: A 'n' box 64 k x 128 m, A 't'
+    64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header), for
+    C at pc (ldc n, batch entries m*n apart); None if the driver refuses a map."""
     bn, cm = ws_tile(m, n, batch, sms)
     enc = getattr(rt, "tensor_map", tensor_map)
     at, bt = layout[0] == "t", layout[1] == "t"
-    ma = operand_map(enc, a.ptr, dt, at, m, k, lda, sa, batch, 64 if at else 128)
-    mb = operand_map(enc, b.ptr, dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
+    ma = operand_map(enc, pa, dt, at, m, k, lda, sa, batch, 64 if at else 128)
+    mb = operand_map(enc, pb, dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
     if ma is None or mb is None:
-        return False
+        return None
     pad = tma_pad(be) // 8
     fn = _function(be, rt, f"matmul_tc_tma_{dt}_{layout}_n{bn}c{cm}", WS_SMEM[bn],
                    fmt="Q" * pad + TMA_ARGS)
-    rt.launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS,
-              [0] * pad + [*ma, *mb, out.ptr, n, m * n, m, n, k, batch, int(sa != 0),
-                           int(sb != 0), TMA_GROUP], WS_SMEM[bn])
-    return True
+    args = [0] * pad + [*ma, *mb, pc, n, m * n, m, n, k, batch, int(sa != 0), int(sb != 0),
+                        TMA_GROUP]
+    return lambda: rt.launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS, args,
+                             WS_SMEM[bn])
 
 
 def _function(be, rt, name, smem, file=None, fmt=None):
@@ -353,9 +360,19 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     hopper = vec and be.arch.startswith("sm_90")
     if pipelined and hopper:
         bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
-        if s == 1 and USE_TMA and _launch_tma(be, rt, dt, layout, a, b, out, lda, ldb, sa, sb,
-                                              m, n, k, batch, sms):
-            return out
+        if USE_TMA and s == 1:
+            go = _tma_launch(be, rt, dt, layout, a.ptr, b.ptr, out.ptr, lda, ldb, sa, sb,
+                             m, n, k, batch, sms)
+            if go is not None:
+                go()
+                return out
+        elif USE_TMA:
+            def chunk_launch(pa, pb, pc, ca, cb, kk, count):
+                return _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, ca, cb, m, n,
+                                   kk, count, sms)
+            if _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch,
+                        chunk_launch):
+                return out
         name, threads, smem = f"matmul_tc_wgmma_{dt}_{layout}_n{bn}", 256, 197632
     elif pipelined:
         bn, s, kc = plan(m, n, k, batch, sms, "mma")
@@ -380,28 +397,46 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         rt.launch(fn, (tiles, 1, min(batch, 65535)), threads,
                   [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n, m, n, k, batch], smem)
         return out
-    # split-K: chunk j of batch entry i -> slab ws[i, j]
+    def chunk_launch(pa, pb, pc, ca, cb, kk, count):
+        return lambda: rt.launch(fn, (tiles, 1, min(count, 65535)), threads,
+                                 [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count],
+                                 smem)
+    _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch, chunk_launch)
+    return out
+
+
+def _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch,
+             chunk_launch):
+    """Split-K (module docstring): chunk j of batch entry i -> slab ws[i, j], then the
+    ordered sum into `out`. `chunk_launch(pa, pb, pc, ca, cb, kk, count)` returns the
+    launch (a callable) of `count` chunks of length kk, A/B/slab at pa/pb/pc and
+    ca/cb elements from one chunk to the next, or None when it cannot (a refused tensor
+    map): then nothing has been queued and this returns False."""
     full, rem = divmod(k, kc)                 # s == full + (rem > 0)
     ws = be.empty((batch, s, m, n), float32)
     ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
     cb = kc * ldb if lb == "n" else kc        # and of B
     ia, ib = a.dtype.itemsize, b.dtype.itemsize
+    launches = []
     for i in range(batch):
         pa, pb, pc = a.ptr + i * sa * ia, b.ptr + i * sb * ib, ws.ptr + i * s * m * n * 4
         if full:
-            rt.launch(fn, (tiles, 1, min(full, 65535)), threads,
-                      [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kc, full], smem)
+            launches.append(chunk_launch(pa, pb, pc, ca, cb, kc, full))
         if rem:
-            rt.launch(fn, (tiles, 1, 1), threads,
-                      [pa + full * ca * ia, pb + full * cb * ib, pc + full * m * n * 4,
-                       lda, ldb, n, 0, 0, 0, m, n, rem, 1], smem)
+            launches.append(chunk_launch(pa + full * ca * ia, pb + full * cb * ib,
+                                         pc + full * m * n * 4, 0, 0, rem, 1))
+    if None in launches:
+        return False
+    for go in launches:
+        go()
     v4 = (m * n) % 4 == 0 and ws.ptr % 16 == 0 and out.ptr % 16 == 0
     fsum = _function(be, rt, "matmul_tc_splitk_sum4" if v4 else "matmul_tc_splitk_sum", 0,
                      file="matmul_tc.cu")
     items = (m * n) // 4 if v4 else m * n
-    grid = (max(1, min(-(-items // _SUM_THREADS), 16 * sms)), min(batch, 65535), 1)
+    grid = (max(1, min(-(-items // _SUM_THREADS), 16 * rt.multiprocessors)),
+            min(batch, 65535), 1)
     rt.launch(fsum, grid, _SUM_THREADS, [ws.ptr, out.ptr, m * n, s, batch])
-    return out
+    return True
 
 
 def register(be):
