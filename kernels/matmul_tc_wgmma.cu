@@ -84,9 +84,11 @@
 //       reads 32 KB per stage from L2 instead of 48 KB for n256); setmaxnreg: producer 40,
 //       consumers 232.
 //     wgsync: all 128 threads; ld.global (16 B; element loads for a chunk that crosses
-//       the end of a row) of a whole stage into registers (24 chunks per thread for n256),
-//       wait on empty, st.shared, fence.proxy.async (generic-proxy writes that wgmma
-//       reads), arrive; setmaxnreg: producer 152, consumers 176.
+//       the end of a row) into registers, st.shared, in two halves per stage (12 chunks
+//       per thread for n256), pipelined: both halves of the next stage load while this
+//       one is stored; arrive after the second half. The consumers run fence.proxy.async
+//       (generic-proxy writes that wgmma reads) after their full-barrier wait, so that no
+//       fence in the producer waits for loads in flight; setmaxnreg: 168 / 168.
 //   Persistent: CTA (cluster) c takes units c, c + grid/CM, ...; a unit's row of tiles
 //   and column are ordered in groups of `group` unit rows (L2 reuse). The epilogue
 //   stores the f32 tile straight from registers while the producer is already loading
@@ -101,9 +103,10 @@
 //   tma n256c2: 4096^3 705-731 TFLOP/s = 0.96 (nn, nt, tn; f16 and bf16); 8192^3 633-662
 //     = 0.97-1.00. n256c1 (no multicast): 604-646 = 0.82-0.85 at 4096^3. wgmma n256
 //     (cp.async): 503-565 = 0.69-0.74.
-//   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279).
-//     The copies through registers move ~48 KB per ~2 us per SM (13-15 B/clk): the
-//     register-staged mma.sync kernels stop at the same rate; see the notes.
+//   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279)
+//     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.39-0.45,
+//     8192^3 0.47-0.51. About one stage (48 KB) per SM in flight through registers is the
+//     limit: the registers the accumulators leave hold no more; see the notes.
 // RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
 //   rebalances), no spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
 //   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
@@ -116,9 +119,11 @@ typedef unsigned short u16;
 
 constexpr int BM = 128, BK = 64, NT = 256, GROUP_M = 8;
 // setmaxnreg split of the sync (ld.global) warp-specialized kernels: 128 x P + 256 x C <= 65536
+// (168 is the most a thread of a 384-thread block starts with, and setmaxnreg.dec cannot
+// go above it)
 #ifndef WS_LDG_PRODUCER_REGS
-#define WS_LDG_PRODUCER_REGS 152
-#define WS_LDG_CONSUMER_REGS 176
+#define WS_LDG_PRODUCER_REGS 168
+#define WS_LDG_CONSUMER_REGS 168
 #endif
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
 static_assert(SMEM_BYTES == 6 * (BM * BK * 2 + 128 * BK * 2) + 1024, "both tiles use the same");
@@ -494,36 +499,27 @@ template <int ROWS, int COLS> struct LdgTile {
     static_assert(128 % CPR == 0 && ROWS % RSTEP == 0, "");
     int r0, ch;
     __device__ __forceinline__ void init(int t) { r0 = t / CPR; ch = t % CPR; }
-    __device__ __forceinline__ void fetch(uint4 (&v)[P], const u16* g, long long ld, int row0,
-                                          int col0, int row_lim, int col_lim) const {
+    // chunk i of this thread: loaded (zero fill outside the operand) / stored
+    __device__ __forceinline__ uint4 fetch_one(int i, const u16* g, long long ld, int row0,
+                                               int col0, int row_lim, int col_lim) const {
         const int col = col0 + ch * 8;
         const int nc = min(max(col_lim - col, 0), 8);
-        const u16* p = g + (long long)(row0 + r0) * ld + col;
+        const int row = row0 + r0 + i * RSTEP;
+        const int n = row < row_lim ? nc : 0;
+        const u16* src = g + (long long)row * ld + col;
+        if (n == 8) return __ldg(reinterpret_cast<const uint4*>(src));
+        unsigned w[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-        for (int i = 0; i < P; ++i) {
-            const int n = row0 + r0 + i * RSTEP < row_lim ? nc : 0;
-            const u16* src = p + (long long)(i * RSTEP) * ld;
-            if (n == 8) {
-                v[i] = __ldg(reinterpret_cast<const uint4*>(src));
-            } else {                     // tail or outside: element loads, zero fill
-                unsigned w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-                for (int e = 0; e < 8; ++e)
-                    if (e < n) w[e >> 1] |= (unsigned)src[e] << (16 * (e & 1));
-                v[i] = make_uint4(w[0], w[1], w[2], w[3]);
-            }
-        }
+        for (int e = 0; e < 8; ++e)
+            if (e < n) w[e >> 1] |= (unsigned)src[e] << (16 * (e & 1));
+        return make_uint4(w[0], w[1], w[2], w[3]);
     }
-    __device__ __forceinline__ void stash(unsigned sbase, const uint4 (&v)[P]) const {
-#pragma unroll
-        for (int i = 0; i < P; ++i) {
-            const int r = r0 + i * RSTEP;
-            const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + r * 128
-                             + (((ch & 7) ^ (r & 7)) << 4);
-            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
-                         :: "r"(a), "r"(v[i].x), "r"(v[i].y), "r"(v[i].z), "r"(v[i].w)
-                         : "memory");
-        }
+    __device__ __forceinline__ void stash_one(int i, unsigned sbase, uint4 v) const {
+        const int r = r0 + i * RSTEP;
+        const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + r * 128
+                         + (((ch & 7) ^ (r & 7)) << 4);
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
+                     :: "r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
     }
 };
 
@@ -584,52 +580,138 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
     }
 }
 
-// Producer, synchronous: the 128 threads of warpgroup 0 load a whole stage into
-// registers (ld.global, 16 B: 24 chunks per thread for BN 256), wait for the stage to be
-// free, store it (st.shared), fence.proxy.async (generic-proxy writes read by wgmma) and
-// arrive on its full barrier (count 128). (A variant that moved the stage in three parts
-// of 8 chunks, loading each part for the next stage right after storing it, with one
-// arrival per warp, measured 25-30% slower: benchmarks/notes_matmul.md.)
+// Producer, synchronous: the 128 threads of warpgroup 0 copy each stage with ld.global
+// (16 B) into registers and st.shared, in two halves (A and the first B chunks, then the
+// rest: 12 chunks per thread for BN 256, 8 for BN 128), software-pipelined so that both
+// halves of the next stage are loading while this one is stored:
+//     wait(empty s); store half 0; load half 0 of s+1; store half 1; arrive(full s);
+//     load half 1 of s+1
+// (96 registers of data for BN 256). Interior stages (the whole 128 x BN x 64 box inside
+// M, N, K) load through one running pointer per operand with compile-time chunk offsets;
+// boundary stages take LdgTile's predicated element loads. The proxy fence that makes
+// the stores visible to wgmma is done by the consumers after their full-barrier wait: on
+// sm_90 fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S (SASS), and the MEMBAR
+// would make the producer wait for the next stage's loads. Measured (H200): 4096^3
+// 0.39-0.45 of cuBLAS against 0.35-0.39 for the unpipelined producer (one stage loaded,
+// waited for, stored, fenced); splitting a stage into 3, 6 or 8 parts to keep more of
+// it in flight was slower (benchmarks/notes_matmul.md).
+template <bool AT, bool BT, int BN>
+struct LdgPipe {
+    using LA = LdgTile<AT ? BK : BM, AT ? BM : BK>;
+    using LB = LdgTile<BT ? BN : BK, BT ? BK : BN>;
+    static constexpr int PA = LA::P, H = (LA::P + LB::P) / 2;      // chunks per half
+    static_assert((LA::P + LB::P) % 2 == 0, "");
+    struct Cursor {                 // the stage being loaded: unit u, K tile kt
+        int u, kt, bat, m0, n0;
+        bool inner;                 // its box lies inside the operands
+        const char* pa;             // this thread's chunk 0 of A / of B in it
+        const char* pb;
+    };
+    const WsArgs& a;
+    const Sched<BN, 1>& sc;
+    LA la;
+    LB lb;
+    int units, ustep, KT;
+    long long rowA, rowB, ktA, ktB; // bytes between a thread's chunks / between K tiles
+
+    __device__ __forceinline__ LdgPipe(const WsArgs& a_, const Sched<BN, 1>& sc_, int units_,
+                                       int ustep_, int KT_, int t)
+        : a(a_), sc(sc_), units(units_), ustep(ustep_), KT(KT_) {
+        la.init(t);
+        lb.init(t);
+        rowA = 2LL * LA::RSTEP * a.lda;
+        rowB = 2LL * LB::RSTEP * a.ldb;
+        ktA = AT ? 2LL * BK * a.lda : 2LL * BK;
+        ktB = BT ? 2LL * BK : 2LL * BK * a.ldb;
+    }
+    __device__ __forceinline__ void begin(Cursor& c, int u) const {
+        c.u = u;
+        c.kt = 0;
+        if (u >= units) return;
+        sc.coords(u, 0, c.bat, c.m0, c.n0);
+        const int ar = AT ? 0 : c.m0, ac = AT ? c.m0 : 0;      // A tile origin (row, col)
+        const int br = BT ? c.n0 : 0, bc = BT ? 0 : c.n0;
+        c.pa = reinterpret_cast<const char*>(a.A + c.bat * a.sA + (long long)(ar + la.r0) * a.lda
+                                             + ac + la.ch * 8);
+        c.pb = reinterpret_cast<const char*>(a.B + c.bat * a.sB + (long long)(br + lb.r0) * a.ldb
+                                             + bc + lb.ch * 8);
+        c.inner = c.m0 + BM <= a.M && c.n0 + BN <= a.N && BK <= a.K;
+    }
+    __device__ __forceinline__ void advance(Cursor& c) const {
+        if (++c.kt == KT) { begin(c, c.u + ustep); return; }
+        c.pa += ktA;
+        c.pb += ktB;
+        c.inner = c.m0 + BM <= a.M && c.n0 + BN <= a.N && (c.kt + 1) * BK <= a.K;
+    }
+    // half `h` (0 or 1, a constant at every call) of stage c into v
+    __device__ __forceinline__ void fetch(int h, uint4 (&v)[H], const Cursor& c) const {
+        if (c.u >= units) return;
+        if (c.inner) {
+#pragma unroll
+            for (int j = 0; j < H; ++j) {
+                const int q = h * H + j;
+                v[j] = q < PA ? __ldg(reinterpret_cast<const uint4*>(c.pa + q * rowA))
+                              : __ldg(reinterpret_cast<const uint4*>(c.pb + (q - PA) * rowB));
+            }
+            return;
+        }
+        const u16* Ab = a.A + c.bat * a.sA;
+        const u16* Bb = a.B + c.bat * a.sB;
+        const int k0 = c.kt * BK;
+#pragma unroll
+        for (int j = 0; j < H; ++j) {
+            const int q = h * H + j;
+            if (q < PA) v[j] = AT ? la.fetch_one(q, Ab, a.lda, k0, c.m0, a.K, a.M)
+                                  : la.fetch_one(q, Ab, a.lda, c.m0, k0, a.M, a.K);
+            else        v[j] = BT ? lb.fetch_one(q - PA, Bb, a.ldb, c.n0, k0, a.N, a.K)
+                                  : lb.fetch_one(q - PA, Bb, a.ldb, k0, c.n0, a.K, a.N);
+        }
+    }
+    __device__ __forceinline__ void stash(int h, const uint4 (&v)[H], unsigned sa) const {
+#pragma unroll
+        for (int j = 0; j < H; ++j) {
+            const int q = h * H + j;
+            if (q < PA) la.stash_one(q, sa, v[j]);
+            else        lb.stash_one(q - PA, sa + BM * BK * 2, v[j]);
+        }
+    }
+};
+
 template <bool AT, bool BT, int BN>
 __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>& sc,
                                             unsigned sbase, int units, int unit0, int ustep,
                                             int KT, int t) {
     using CF = WsCfg<BN>;
+    using PP = LdgPipe<AT, BT, BN>;
     constexpr int S = CF::STAGES;
     const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
-    LdgTile<AT ? BK : BM, AT ? BM : BK> la;
-    LdgTile<BT ? BN : BK, BT ? BK : BN> lb;
-    la.init(t);
-    lb.init(t);
-    uint4 ra[decltype(la)::P], rb[decltype(lb)::P];
+    const PP pp(a, sc, units, ustep, KT, t);
+    const int stages = unit0 < units ? (units - unit0 + ustep - 1) / ustep * KT : 0;
+    uint4 lo[PP::H], hi[PP::H];
+    typename PP::Cursor next;
+    pp.begin(next, unit0);
+    pp.fetch(0, lo, next);
+    pp.fetch(1, hi, next);
+    pp.advance(next);
     int s = 0;
     unsigned ph = 0;
-    for (int u = unit0; u < units; u += ustep) {
-        int bat, m0, n0;
-        sc.coords(u, 0, bat, m0, n0);
-        const u16* Ab = a.A + bat * a.sA;
-        const u16* Bb = a.B + bat * a.sB;
-        for (int kt = 0; kt < KT; ++kt) {
-            const int k0 = kt * BK;
-            if (AT) la.fetch(ra, Ab, a.lda, k0, m0, a.K, a.M);
-            else    la.fetch(ra, Ab, a.lda, m0, k0, a.M, a.K);
-            if (BT) lb.fetch(rb, Bb, a.ldb, n0, k0, a.N, a.K);
-            else    lb.fetch(rb, Bb, a.ldb, k0, n0, a.K, a.N);
-            mbar_wait(empty0 + 8 * s, ph ^ 1);
-            const unsigned sa = sbase + s * CF::STAGE_BYTES;
-            la.stash(sa, ra);
-            lb.stash(sa + CF::A_BYTES, rb);
-            fence_proxy_async();
-            mbar_arrive(full0 + 8 * s);
-            if (++s == S) { s = 0; ph ^= 1; }
-        }
+    for (int i = 0; i < stages; ++i) {
+        const unsigned sa = sbase + s * CF::STAGE_BYTES;
+        mbar_wait(empty0 + 8 * s, ph ^ 1);
+        pp.stash(0, lo, sa);
+        pp.fetch(0, lo, next);
+        pp.stash(1, hi, sa);
+        mbar_arrive(full0 + 8 * s);
+        pp.fetch(1, hi, next);
+        pp.advance(next);
+        if (++s == S) { s = 0; ph ^= 1; }
     }
 }
 
 // Consumer warpgroup cw (0 or 1): rows [64 cw, 64 cw + 64) of each 128 x BN tile, one
 // m64nBNk16 wgmma per 16 of K; releases a stage once the wgmma that read it is done
 // (wgmma.wait_group 1 after issuing the next), f32 tile stored straight from registers.
-template <class DT, bool AT, bool BT, int BN, int CM>
+template <class DT, bool AT, bool BT, int BN, int CM, bool FENCE>
 __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc,
                                         unsigned sbase, unsigned rank, int units, int unit0,
                                         int ustep, int KT, int cw, int wtid) {
@@ -647,6 +729,7 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
         int sprev = 0;
         for (int kt = 0; kt < KT; ++kt) {
             mbar_wait(full0 + 8 * s, ph);
+            if (FENCE) fence_proxy_async();      // the producer's st.shared -> wgmma's reads
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
             reg_fence(acc);
             wgmma_fence();
@@ -713,7 +796,7 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
     } else {
         if constexpr (TMA) setmaxnreg_inc<232>();
         else               setmaxnreg_inc<WS_LDG_CONSUMER_REGS>();
-        consume<DT, AT, BT, BN, CM>(a, sc, sbase, rank, units, unit0, ustep, KT,
+        consume<DT, AT, BT, BN, CM, !TMA>(a, sc, sbase, rank, units, unit0, ustep, KT,
                                     (tid >> 7) - 1, tid & 127);
     }
     if (CM > 1) cluster_sync();
