@@ -1,12 +1,13 @@
 """The sync ops (mg.ops.matmul_tc, matmul_tc_bf16) through the minigrad stack at the
 issue-4 target sizes, A @ B and A @ Bᵀ (a transposed view: layout nt), against
-torch.mm(out_dtype=f32) on the same card. Worst of 5 medians of 20 (benchmarks/common.py);
-the inputs are not rotated (both sides read warm operands). Prints a markdown table.
+torch.mm(out_dtype=f32) on the same card (without PyTorch: ours alone). Worst of 5
+medians of 20 (benchmarks/common.py); the inputs are not rotated (both sides read warm
+operands). Prints a markdown table.
 
 Usage (GPU machine): python benchmarks/matmul_sync.py"""
 import numpy as np
 
-from common import gpu_ms, torch, torch_ms
+from common import HAVE_TORCH, gpu_ms, torch, torch_ms
 
 import minigrad as mg
 from minigrad import Tensor
@@ -19,15 +20,21 @@ def main():
     rng = np.random.default_rng(0)
     for n in (4096, 8192):
         a32, b32 = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-        for name, mdt, tdt in (("matmul_tc", mg.float16, torch.float16),
-                               ("matmul_tc_bf16", mg.bfloat16, torch.bfloat16)):
+        for name, mdt, tdt in (("matmul_tc", mg.float16, "float16"),
+                               ("matmul_tc_bf16", mg.bfloat16, "bfloat16")):
             a, b = (Tensor(x, device="cuda").cast(mdt).realize() for x in (a32, b32))
-            ta, tb = (torch.from_numpy(x).cuda().to(tdt) for x in (a32, b32))
             op = getattr(mg.ops, name)
-            for lay, (x, y, tx, ty) in (("nn", (a, b, ta, tb)), ("nt", (a, b.T, ta, tb.T))):
-                ours = gpu_ms(lambda: op(x, y).realize(), medians=5)
-                ref = torch_ms(lambda: torch.mm(tx, ty, out_dtype=torch.float32), medians=5)
-                print(f"| {name} | {n}³ | {lay} | {ours:.4f} | {ref:.4f} | {ref / ours:.2f} | "
+            if HAVE_TORCH:
+                ta, tb = (torch.from_numpy(x).cuda().to(getattr(torch, tdt)) for x in (a32, b32))
+            for lay in ("nn", "nt"):
+                y = b.T if lay == "nt" else b
+                ours = gpu_ms(lambda: op(a, y).realize(), medians=5)
+                ref = ""
+                if HAVE_TORCH:
+                    ty = tb.T if lay == "nt" else tb
+                    ms = torch_ms(lambda: torch.mm(ta, ty, out_dtype=torch.float32), medians=5)
+                    ref = f"{ms:.4f} | {ms / ours:.2f}"
+                print(f"| {name} | {n}³ | {lay} | {ours:.4f} | {ref or '- | -'} | "
                       f"{2 * n ** 3 / ours / 1e9:.0f} |", flush=True)
 
 

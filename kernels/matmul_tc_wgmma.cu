@@ -104,9 +104,10 @@
 //     = 0.97-1.00. n256c1 (no multicast): 604-646 = 0.82-0.85 at 4096^3. wgmma n256
 //     (cp.async): 503-565 = 0.69-0.74.
 //   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279)
-//     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.39-0.45,
-//     8192^3 0.47-0.51. About one stage (48 KB) per SM in flight through registers is the
-//     limit: the registers the accumulators leave hold no more; see the notes.
+//     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.61-0.63
+//     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. About one stage (48 KB) per SM in flight
+//     through registers is the limit: the registers the accumulators leave hold no more;
+//     see the notes.
 // RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
 //   rebalances), no spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
 //   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
@@ -592,7 +593,7 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
 // the stores visible to wgmma is done by the consumers after their full-barrier wait: on
 // sm_90 fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S (SASS), and the MEMBAR
 // would make the producer wait for the next stage's loads. Measured (H200): 4096^3
-// 0.39-0.45 of cuBLAS against 0.35-0.39 for the unpipelined producer (one stage loaded,
+// 0.54-0.63 of cuBLAS against 0.35-0.39 for the unpipelined producer (one stage loaded,
 // waited for, stored, fenced); splitting a stage into 3, 6 or 8 parts to keep more of
 // it in flight was slower (benchmarks/notes_matmul.md).
 template <bool AT, bool BT, int BN>
@@ -672,7 +673,7 @@ struct LdgPipe {
         for (int j = 0; j < H; ++j) {
             const int q = h * H + j;
             if (q < PA) la.stash_one(q, sa, v[j]);
-            else        lb.stash_one(q - PA, sa + BM * BK * 2, v[j]);
+            else        lb.stash_one(q - PA, sa + WsCfg<BN>::A_BYTES, v[j]);
         }
     }
 };

@@ -370,7 +370,7 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
             def chunk_launch(pa, pb, pc, ca, cb, kk, count):
                 return _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, ca, cb, m, n,
                                    kk, count, sms)
-            if _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch,
+            if _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
                         chunk_launch):
                 return out
         name, threads, smem = f"matmul_tc_wgmma_{dt}_{layout}_n{bn}", 256, 197632
@@ -401,18 +401,18 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         return lambda: rt.launch(fn, (tiles, 1, min(count, 65535)), threads,
                                  [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count],
                                  smem)
-    _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch, chunk_launch)
+    _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch)
     return out
 
 
-def _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, s, batch,
-             chunk_launch):
+def _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch):
     """Split-K (module docstring): chunk j of batch entry i -> slab ws[i, j], then the
     ordered sum into `out`. `chunk_launch(pa, pb, pc, ca, cb, kk, count)` returns the
     launch (a callable) of `count` chunks of length kk, A/B/slab at pa/pb/pc and
     ca/cb elements from one chunk to the next, or None when it cannot (a refused tensor
     map): then nothing has been queued and this returns False."""
-    full, rem = divmod(k, kc)                 # s == full + (rem > 0)
+    full, rem = divmod(k, kc)
+    s = full + (rem > 0)                      # the number of chunks
     ws = be.empty((batch, s, m, n), float32)
     ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
     cb = kc * ldb if lb == "n" else kc        # and of B
