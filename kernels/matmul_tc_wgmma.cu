@@ -107,7 +107,10 @@
 //     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.61-0.63
 //     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. About one stage (48 KB) per SM in flight
 //     through registers is the limit: the registers the accumulators leave hold no more;
-//     see the notes.
+//     see the notes. Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
+//     st.async (correct, 0.36-0.50: one mbarrier transaction update per 16-byte store);
+//     two producer warpgroups (512 threads: ptxas then caps every thread at 128 registers,
+//     too few for a 64x256 accumulator).
 // RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
 //   rebalances), no spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
 //   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
