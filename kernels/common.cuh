@@ -37,6 +37,27 @@ __device__ __forceinline__ void mg_ldmatrix_x4_trans(unsigned (&r)[4], unsigned 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// ---- block -> output tile (the matmul kernels) ----
+// Tile (tm, tn) of block `pid` on a tiles_m x tiles_n grid of output tiles, visited in
+// groups of `group` tile-rows, down each column of a group before the next column, so
+// that the blocks running at the same time share rows of A and columns of B in L2.
+__device__ __forceinline__ void mg_grouped_tile(int pid, int tiles_m, int tiles_n, int group,
+                                                int& tm, int& tn) {
+    const int width = group * tiles_n;
+    const int first = (pid / width) * group;
+    const int gsz = min(tiles_m - first, group);
+    tm = first + (pid % width) % gsz;
+    tn = (pid % width) / gsz;
+}
+// The origin (m0, n0) of this block's bm x bn tile of an M x N output, grid = tiles.
+__device__ __forceinline__ void mg_tile_origin(int M, int N, int bm, int bn, int group,
+                                               int& m0, int& n0) {
+    int tm, tn;
+    mg_grouped_tile(blockIdx.x, (M + bm - 1) / bm, (N + bn - 1) / bn, group, tm, tn);
+    m0 = tm * bm;
+    n0 = tn * bn;
+}
+
 // ---- small f32 helpers of the attention kernels (attention_tc.cu, flash_attention*.cu) ----
 // 2^x by the hardware (ex2.approx, relative error ~2^-22; flushes subnormals).
 __device__ __forceinline__ float mg_ex2(float x) {

@@ -73,6 +73,7 @@
 //     operand traffic per multiply-add low.
 
 #include "common.cuh"   // cp.async, ldmatrix, shared addresses
+#include "wgmma.cuh"    // wgmma fences, descriptors, instructions
 
 namespace mi8 {
 
@@ -157,16 +158,6 @@ __device__ __forceinline__ void mma_tile(const u8* sA, const u8* sB, int (&acc)[
     }
 }
 
-// Block -> (m0, n0), grouped by GROUP_M block-rows so consecutive blocks share panels in L2.
-__device__ __forceinline__ void tile_coords(int M, int N, int bm, int bn, int& m0, int& n0) {
-    const int tiles_m = (M + bm - 1) / bm, tiles_n = (N + bn - 1) / bn;
-    const int pid = blockIdx.x, width = GROUP_M * tiles_n;
-    const int first_m = (pid / width) * GROUP_M;
-    const int gsz = min(tiles_m - first_m, GROUP_M);
-    m0 = (first_m + (pid % width) % gsz) * bm;
-    n0 = ((pid % width) / gsz) * bn;
-}
-
 __device__ __forceinline__ float scaled(int acc, float scale) {
     return __fmul_rn(__int2float_rn(acc), scale);
 }
@@ -191,7 +182,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     int m0, n0;
-    tile_coords(M, N, BM, BN, m0, n0);
+    mg_tile_origin(M, N, BM, BN, GROUP_M, m0, n0);
     const int KT = (K + BK - 1) / BK;
 
     int acc[4][8][4];
@@ -268,62 +259,7 @@ __device__ __forceinline__ void load_tile_sw128(unsigned base, const i8* g, long
     }
 }
 
-// wgmma shared-memory matrix descriptor: 128-byte swizzle, K-major, SBO = 1024 B.
-__device__ __forceinline__ unsigned long long make_desc(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
-           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// d += A(64 x 32, desc a) . B(32 x 256, desc b), s32 accumulate.
-__device__ __forceinline__ void wgmma_m64n256k32(int (&d)[128], unsigned long long a,
-                                                 unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
-        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
-        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
-        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127},"
-        " %128, %129, p;\n}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]),
-          "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]),
-          "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]),
-          "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]),
-          "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]),
-          "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]),
-          "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]),
-          "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]),
-          "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]),
-          "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]),
-          "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]),
-          "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]),
-          "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]),
-          "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]),
-          "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]),
-          "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]),
-          "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]),
-          "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]),
-          "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
-        : "l"(a), "l"(b), "r"(1));
-}
 
 __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restrict__ Bt,
                                      float* __restrict__ C, long long lda, long long ldb,
@@ -333,7 +269,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
     const int wg = tid >> 7, wl = (tid >> 5) & 3;   // warpgroup, warp within it
     const unsigned base = (mg_smem_addr(dsmem) + 1023u) & ~1023u;
     int m0, n0;
-    tile_coords(M, N, BM, BN, m0, n0);
+    mg_tile_origin(M, N, BM, BN, GROUP_M, m0, n0);
     const int KT = (K + BK - 1) / BK;
 
     int acc[128];
@@ -354,7 +290,7 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
     }
     for (int kt = 0; kt < KT; ++kt) {
         mg_cp_async_wait<STAGES - 3>();   // this thread's copies of tile kt have landed
-        fence_proxy_async();           // ... and are visible to the async proxy (wgmma)
+        mg_fence_proxy_async();        // ... and are visible to the async proxy (wgmma)
         __syncthreads();
         const int nk = kt + STAGES - 2;
         if (nk < KT) {
@@ -364,16 +300,16 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
         }
         mg_cp_async_commit();
         const unsigned st = base + (kt % STAGES) * STAGE;
-        const unsigned long long da = make_desc(st + wg * 64 * BK);
-        const unsigned long long db = make_desc(st + A_BYTES);
-        wg_fence();
+        const unsigned long long da = mg_wgmma_desc(st + wg * 64 * BK, 16, 1024);
+        const unsigned long long db = mg_wgmma_desc(st + A_BYTES, 16, 1024);
+        mg_wgmma_fence();
 #pragma unroll
         for (int s = 0; s < BK / 32; ++s)   // +32 B along K = +2 in the 16-B address field
-            wgmma_m64n256k32(acc, da + 2 * s, db + 2 * s);
-        wg_commit();
-        wg_wait<1>();
+            mg_wgmma_s8_m64n256k32(acc, da + 2 * s, db + 2 * s);
+        mg_wgmma_commit();
+        mg_wgmma_wait<1>();
     }
-    wg_wait<0>();
+    mg_wgmma_wait<0>();
     mg_cp_async_wait<0>();
 
     const bool pair_ok = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);

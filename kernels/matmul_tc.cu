@@ -259,17 +259,6 @@ __device__ __forceinline__ void mma_tile(const u16* sA, const u16* sB, float (&a
     }
 }
 
-// Block -> (tile row, tile col), grouped by GROUP_M block-rows for L2 reuse.
-template <int BN>
-__device__ __forceinline__ void tile_coords(int M, int N, int& m0, int& n0) {
-    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x, width = GROUP_M * tiles_n;
-    const int first_m = (pid / width) * GROUP_M;
-    const int gsz = min(tiles_m - first_m, GROUP_M);
-    m0 = (first_m + (pid % width) % gsz) * BM;
-    n0 = ((pid % width) / gsz) * BN;
-}
-
 __device__ __forceinline__ void store_c(float* C, long long ldc, int M, int N, int m0, int n0,
                                         int wm, int wn, int lane, const float (&acc)[4][8][4]) {
     const bool pair = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(C) & 7) == 0);
@@ -306,7 +295,7 @@ __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __res
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / Geo<BN>::WARPS_N, wn = warp % Geo<BN>::WARPS_N;
     int m0, n0;
-    tile_coords<BN>(M, N, m0, n0);
+    mg_tile_origin(M, N, BM, BN, GROUP_M, m0, n0);
     const int KT = (K + BK - 1) / BK;
 
     for (int bat = blockIdx.z; bat < batch; bat += gridDim.z) {

@@ -116,6 +116,7 @@
 //   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
 //   wgmma: n256 176-180 regs, n128 111-120, no spills.
 #include "common.cuh"
+#include "wgmma.cuh"   // wgmma fences, descriptors, MgWgmma
 
 namespace mtw {
 
@@ -140,100 +141,6 @@ template <int BN> struct Cfg {
     static constexpr int SMEM = STAGES * STAGE_BYTES + 1024;   // + 1 KB to align to 1024
 };
 static_assert(Cfg<256>::SMEM == SMEM_BYTES && Cfg<128>::SMEM == SMEM_BYTES, "");
-
-struct F16 {};
-struct BF16 {};
-template <int N, class DT, int TA, int TB> struct Wgmma;
-
-// wgmma wrappers (operand lists generated: BN/2 f32 accumulators in, out)
-#define MTW_WGMMA_256(DT, TY)                                                                                                      \
-    template <int TA, int TB> struct Wgmma<256, DT, TA, TB> {                                                                      \
-        static __device__ __forceinline__ void run(float (&d)[128], unsigned long long da,                                         \
-                                                   unsigned long long db, int scale_d = 1) {                                       \
-            asm volatile(                                                                                                          \
-                "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"                                                                      \
-                "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                                                      \
-                "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                           \
-                "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                                                 \
-                "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                                                 \
-                "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"                                                 \
-                "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"                                                 \
-                "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"                                                 \
-                "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"                                     \
-                "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"                                  \
-                "}, %128, %129, p, 1, 1, %131, %132;\n}\n"                                                                         \
-                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])                   \
-                  , "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])           \
-                  , "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])         \
-                  , "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])         \
-                  , "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])         \
-                  , "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])         \
-                  , "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55])         \
-                  , "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])         \
-                  , "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])         \
-                  , "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79])         \
-                  , "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])         \
-                  , "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])         \
-                  , "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103])     \
-                  , "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]) \
-                  , "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]) \
-                  , "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) \
-                : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));                                                                     \
-        }                                                                                                                          \
-    };
-#define MTW_WGMMA_128(DT, TY)                                                                                              \
-    template <int TA, int TB> struct Wgmma<128, DT, TA, TB> {                                                              \
-        static __device__ __forceinline__ void run(float (&d)[64], unsigned long long da,                                  \
-                                                   unsigned long long db, int scale_d = 1) {                               \
-            asm volatile(                                                                                                  \
-                "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                               \
-                "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                                              \
-                "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                   \
-                "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                                         \
-                "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                                         \
-                "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"                                          \
-                "}, %64, %65, p, 1, 1, %67, %68;\n}\n"                                                                     \
-                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])           \
-                  , "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])   \
-                  , "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]) \
-                  , "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                  , "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]) \
-                  , "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) \
-                  , "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]) \
-                  , "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-                : "l"(da), "l"(db), "r"(scale_d), "n"(TA), "n"(TB));                                                             \
-        }                                                                                                                  \
-    };
-
-MTW_WGMMA_256(F16, "f16")
-MTW_WGMMA_256(BF16, "bf16")
-MTW_WGMMA_128(F16, "f16")
-MTW_WGMMA_128(BF16, "bf16")
-
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-template <int N, class T> __device__ __forceinline__ void reg_fence(T (&r)[N]) {
-#pragma unroll   // keeps the compiler from moving accumulator accesses across wgmma
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i]) :: "memory");
-}
-
-// Shared-memory matrix descriptor, 128-byte swizzle (mode 1 in bits 62-63).
-__device__ __forceinline__ unsigned long long desc(unsigned saddr, unsigned lbo, unsigned sbo) {
-    return (unsigned long long)((saddr & 0x3FFFF) >> 4)
-         | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16)
-         | ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32)
-         | (1ull << 62);
-}
 
 // One thread's share of one operand tile: ROWS x COLS elements of the global operand
 // (rows `ld` apart), copied as 16-byte chunks into the 128-byte-swizzled layout.
@@ -309,17 +216,6 @@ __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N
     }
 }
 
-// Block -> (tile row, tile col), grouped by GROUP_M block-rows for L2 reuse.
-template <int BN>
-__device__ __forceinline__ void tile_coords(int M, int N, int& m0, int& n0) {
-    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
-    const int pid = blockIdx.x, width = GROUP_M * tiles_n;
-    const int first_m = (pid / width) * GROUP_M;
-    const int gsz = min(tiles_m - first_m, GROUP_M);
-    m0 = (first_m + (pid % width) % gsz) * BM;
-    n0 = ((pid % width) / gsz) * BN;
-}
-
 template <class DT, bool AT, bool BT, int BN>
 __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __restrict__ B,
                                      float* __restrict__ C, long long lda, long long ldb,
@@ -332,7 +228,7 @@ __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __res
     const unsigned sraw = mg_smem_addr(smem_raw);
     const unsigned sbase = (sraw + 1023u) & ~1023u;
     int m0, n0;
-    tile_coords<BN>(M, N, m0, n0);
+    mg_tile_origin(M, N, BM, BN, GROUP_M, m0, n0);
     const int KT = (K + BK - 1) / BK;
 
     for (int bat = blockIdx.z; bat < batch; bat += gridDim.z) {
@@ -359,24 +255,24 @@ __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __res
         }
         for (int kt = 0; kt < KT; ++kt) {
             mg_cp_async_wait<S - 3>();     // this thread's chunks of tile kt have landed
-            fence_proxy_async();           // make them visible to the tensor cores
+            mg_fence_proxy_async();           // make them visible to the tensor cores
             __syncthreads();               // everyone's; and wgmma(kt-2) is done everywhere
             const unsigned sa = sbase + (kt % S) * CF::STAGE_BYTES;
             const unsigned sb = sa + CF::A_BYTES;
-            reg_fence(acc);
-            wgmma_fence();
+            mg_reg_fence(acc);
+            mg_wgmma_fence();
 #pragma unroll
             for (int j = 0; j < BK / 16; ++j) {
                 const unsigned long long da = AT
-                    ? desc(sa + wg * (BK * 128) + j * 2048, 8192, 1024)   // MN-major: 64-m block wg
-                    : desc(sa + wg * (64 * 128) + j * 32, 16, 1024);      // K-major: rows 64wg..
+                    ? mg_wgmma_desc(sa + wg * (BK * 128) + j * 2048, 8192, 1024) // MN: m block wg
+                    : mg_wgmma_desc(sa + wg * (64 * 128) + j * 32, 16, 1024);    // K: rows 64 wg..
                 const unsigned long long db = BT
-                    ? desc(sb + j * 32, 16, 1024)                          // K-major
-                    : desc(sb + j * 2048, BK * 128, 1024);                 // MN-major, 64-n blocks
-                Wgmma<BN, DT, AT ? 1 : 0, BT ? 0 : 1>::run(acc, da, db);
+                    ? mg_wgmma_desc(sb + j * 32, 16, 1024)                        // K-major
+                    : mg_wgmma_desc(sb + j * 2048, BK * 128, 1024);               // MN: 64-n blocks
+                MgWgmma<BN, DT, AT ? 1 : 0, BT ? 0 : 1>::run(acc, da, db);
             }
-            wgmma_commit();
-            reg_fence(acc);
+            mg_wgmma_commit();
+            mg_reg_fence(acc);
             if (kt + S - 2 < KT) {         // refill the stage of tile kt-2
                 const unsigned st = sbase + ((kt + S - 2) % S) * CF::STAGE_BYTES;
                 la.copy(st);
@@ -385,10 +281,10 @@ __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __res
                 lb.advance();
             }
             mg_cp_async_commit();
-            wgmma_wait<1>();
+            mg_wgmma_wait<1>();
         }
-        wgmma_wait<0>();
-        reg_fence(acc);
+        mg_wgmma_wait<0>();
+        mg_reg_fence(acc);
 
         store_acc<BN>(C + bat * sC, ldc, M, N, m0 + wg * 64, n0, wtid, acc);
         __syncthreads();   // shared memory is reused by the next batch entry
@@ -485,12 +381,10 @@ template <int BN, int CM> struct Sched {
     __device__ __forceinline__ void coords(int u, unsigned rank, int& bat, int& m0, int& n0) const {
         bat = u / per_batch;
         const int r = u - bat * per_batch;
-        const int width = group * units_n;
-        const int first = (r / width) * group;
-        const int gsz = min(units_m - first, group);
-        const int w = r % width;
-        m0 = ((first + w % gsz) * CM + (int)rank) * BM;
-        n0 = (w / gsz) * BN;
+        int um, un;
+        mg_grouped_tile(r, units_m, units_n, group, um, un);
+        m0 = (um * CM + (int)rank) * BM;
+        n0 = un * BN;
     }
 };
 
@@ -733,23 +627,23 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
         int sprev = 0;
         for (int kt = 0; kt < KT; ++kt) {
             mbar_wait(full0 + 8 * s, ph);
-            if (FENCE) fence_proxy_async();      // the producer's st.shared -> wgmma's reads
+            if (FENCE) mg_fence_proxy_async();      // the producer's st.shared -> wgmma's reads
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
-            reg_fence(acc);
-            wgmma_fence();
+            mg_reg_fence(acc);
+            mg_wgmma_fence();
 #pragma unroll
             for (int j = 0; j < BK / 16; ++j) {
                 const unsigned long long da = AT
-                    ? desc(sa + cw * 8192 + j * 2048, 8192, 1024)     // MN-major: 64-m block cw
-                    : desc(sa + cw * 8192 + j * 32, 16, 1024);        // K-major: rows 64cw..
+                    ? mg_wgmma_desc(sa + cw * 8192 + j * 2048, 8192, 1024)  // MN: 64-m block cw
+                    : mg_wgmma_desc(sa + cw * 8192 + j * 32, 16, 1024);     // K-major: rows 64cw..
                 const unsigned long long db = BT
-                    ? desc(sb + j * 32, 16, 1024)                      // K-major
-                    : desc(sb + j * 2048, 8192, 1024);                 // MN-major, 64-n blocks
-                Wgmma<BN, DT, AT ? 1 : 0, BT ? 0 : 1>::run(acc, da, db, (kt | j) ? 1 : 0);
+                    ? mg_wgmma_desc(sb + j * 32, 16, 1024)                  // K-major
+                    : mg_wgmma_desc(sb + j * 2048, 8192, 1024);             // MN: 64-n blocks
+                MgWgmma<BN, DT, AT ? 1 : 0, BT ? 0 : 1>::run(acc, da, db, (kt | j) ? 1 : 0);
             }
-            wgmma_commit();
-            reg_fence(acc);
-            wgmma_wait<1>();                     // the wgmma of the previous stage is done
+            mg_wgmma_commit();
+            mg_reg_fence(acc);
+            mg_wgmma_wait<1>();                     // the wgmma of the previous stage is done
             if (kt > 0 && wtid == 0) {
                 if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
                 else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
@@ -757,8 +651,8 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             sprev = s;
             if (++s == S) { s = 0; ph ^= 1; }
         }
-        wgmma_wait<0>();
-        reg_fence(acc);
+        mg_wgmma_wait<0>();
+        mg_reg_fence(acc);
         if (wtid == 0) {
             if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
             else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
@@ -814,18 +708,18 @@ extern __shared__ __align__(1024) unsigned char mtw_dyn_smem[];
         const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,            \
         float* __restrict__ C, long long lda, long long ldb, long long ldc, long long sA,      \
         long long sB, long long sC, int M, int N, int K, int batch) {                          \
-        mtw::gemm<mtw::DT, AT, BT, BN>(A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch,      \
+        mtw::gemm<DT, AT, BT, BN>(A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch,      \
                                        mtw_dyn_smem);                                          \
     }
 #define MTW_TILE(BN)                                                                           \
-    MTW_ENTRY(matmul_tc_wgmma_f16_nn_n##BN, F16, false, false, BN)                             \
-    MTW_ENTRY(matmul_tc_wgmma_f16_nt_n##BN, F16, false, true, BN)                              \
-    MTW_ENTRY(matmul_tc_wgmma_f16_tn_n##BN, F16, true, false, BN)                              \
-    MTW_ENTRY(matmul_tc_wgmma_f16_tt_n##BN, F16, true, true, BN)                               \
-    MTW_ENTRY(matmul_tc_wgmma_bf16_nn_n##BN, BF16, false, false, BN)                           \
-    MTW_ENTRY(matmul_tc_wgmma_bf16_nt_n##BN, BF16, false, true, BN)                            \
-    MTW_ENTRY(matmul_tc_wgmma_bf16_tn_n##BN, BF16, true, false, BN)                            \
-    MTW_ENTRY(matmul_tc_wgmma_bf16_tt_n##BN, BF16, true, true, BN)
+    MTW_ENTRY(matmul_tc_wgmma_f16_nn_n##BN, MgF16, false, false, BN)                           \
+    MTW_ENTRY(matmul_tc_wgmma_f16_nt_n##BN, MgF16, false, true, BN)                            \
+    MTW_ENTRY(matmul_tc_wgmma_f16_tn_n##BN, MgF16, true, false, BN)                            \
+    MTW_ENTRY(matmul_tc_wgmma_f16_tt_n##BN, MgF16, true, true, BN)                             \
+    MTW_ENTRY(matmul_tc_wgmma_bf16_nn_n##BN, MgBF16, false, false, BN)                         \
+    MTW_ENTRY(matmul_tc_wgmma_bf16_nt_n##BN, MgBF16, false, true, BN)                          \
+    MTW_ENTRY(matmul_tc_wgmma_bf16_tn_n##BN, MgBF16, true, false, BN)                          \
+    MTW_ENTRY(matmul_tc_wgmma_bf16_tt_n##BN, MgBF16, true, true, BN)
 
 // Dynamic shared memory every matmul_tc_wgmma_* launch must request.
 #define MTW_SMEM (mtw::SMEM_BYTES)
@@ -841,7 +735,7 @@ MTW_TILE(128)
         int batA, int batB, int group) {                                                      \
         const mtw::WsArgs a{&tmA, &tmB, nullptr, nullptr, C, 0, 0, ldc, 0, 0, sC,             \
                             M, N, K, batch, batA, batB, group};                               \
-        mtw::ws_gemm<mtw::DT, AT, BT, BN, CM, true>(a, mtw_dyn_smem);                         \
+        mtw::ws_gemm<DT, AT, BT, BN, CM, true>(a, mtw_dyn_smem);                         \
     }
 #define MTW_SYNC_ENTRY(NAME, DT, AT, BT, BN)                                                   \
     extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) NAME(                    \
@@ -850,19 +744,19 @@ MTW_TILE(128)
         long long sB, long long sC, int M, int N, int K, int batch, int group) {              \
         const mtw::WsArgs a{nullptr, nullptr, A, B, C, lda, ldb, ldc, sA, sB, sC,             \
                             M, N, K, batch, 1, 1, group};                                     \
-        mtw::ws_gemm<mtw::DT, AT, BT, BN, 1, false>(a, mtw_dyn_smem);                         \
+        mtw::ws_gemm<DT, AT, BT, BN, 1, false>(a, mtw_dyn_smem);                         \
     }
 #define MTW_CLUSTER2 __cluster_dims__(2, 1, 1)
 #define MTW_NOATTR
 #define MTW_TMA_SET(SUF, BN, CM, ATTR)                                                         \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_nn_##SUF, F16, false, false, BN, CM, ATTR)                \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_nt_##SUF, F16, false, true, BN, CM, ATTR)                 \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_tn_##SUF, F16, true, false, BN, CM, ATTR)                 \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_tt_##SUF, F16, true, true, BN, CM, ATTR)                  \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nn_##SUF, BF16, false, false, BN, CM, ATTR)              \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nt_##SUF, BF16, false, true, BN, CM, ATTR)               \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tn_##SUF, BF16, true, false, BN, CM, ATTR)               \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tt_##SUF, BF16, true, true, BN, CM, ATTR)
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_nn_##SUF, MgF16, false, false, BN, CM, ATTR)               \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_nt_##SUF, MgF16, false, true, BN, CM, ATTR)                \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_tn_##SUF, MgF16, true, false, BN, CM, ATTR)                \
+    MTW_TMA_ENTRY(matmul_tc_tma_f16_tt_##SUF, MgF16, true, true, BN, CM, ATTR)                 \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nn_##SUF, MgBF16, false, false, BN, CM, ATTR)             \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nt_##SUF, MgBF16, false, true, BN, CM, ATTR)              \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tn_##SUF, MgBF16, true, false, BN, CM, ATTR)              \
+    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tt_##SUF, MgBF16, true, true, BN, CM, ATTR)
 
 MTW_TMA_SET(n256c2, 256, 2, MTW_CLUSTER2)
 MTW_TMA_SET(n256c1, 256, 1, MTW_NOATTR)
@@ -870,14 +764,14 @@ MTW_TMA_SET(n128c2, 128, 2, MTW_CLUSTER2)
 MTW_TMA_SET(n128c1, 128, 1, MTW_NOATTR)
 
 #define MTW_SYNC_SET(BN)                                                                       \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nn_n##BN, F16, false, false, BN)                      \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nt_n##BN, F16, false, true, BN)                       \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tn_n##BN, F16, true, false, BN)                       \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tt_n##BN, F16, true, true, BN)                        \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nn_n##BN, BF16, false, false, BN)                    \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nt_n##BN, BF16, false, true, BN)                     \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tn_n##BN, BF16, true, false, BN)                     \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tt_n##BN, BF16, true, true, BN)
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nn_n##BN, MgF16, false, false, BN)                     \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nt_n##BN, MgF16, false, true, BN)                      \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tn_n##BN, MgF16, true, false, BN)                      \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tt_n##BN, MgF16, true, true, BN)                       \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nn_n##BN, MgBF16, false, false, BN)                   \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nt_n##BN, MgBF16, false, true, BN)                    \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tn_n##BN, MgBF16, true, false, BN)                    \
+    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tt_n##BN, MgBF16, true, true, BN)
 
 MTW_SYNC_SET(256)
 MTW_SYNC_SET(128)

@@ -4,6 +4,7 @@
 // states the contracts and host launch rules of its own entry points.
 #pragma once
 #include "common.cuh"   // cp.async, ldmatrix, shared addresses
+#include "wgmma.cuh"    // wgmma fences, descriptors, instructions
 
 namespace mwq {
 
@@ -333,15 +334,6 @@ template <class F> struct GmSmem {
     static constexpr int BYTES = GM_STAGES * STAGE + 2 * GM_WDQ;   // I4 69632, I8 86016
 };
 
-__device__ __forceinline__ void gm_tile_coords(int M, int N, int& m0, int& n0) {
-    const int tiles_m = (M + GM_BM - 1) / GM_BM, tiles_n = (N + GM_BN - 1) / GM_BN;
-    const int pid = blockIdx.x, width = GM_GROUP * tiles_n;
-    const int first_m = (pid / width) * GM_GROUP;
-    const int gsz = min(tiles_m - first_m, GM_GROUP);
-    m0 = (first_m + (pid % width) % gsz) * GM_BM;
-    n0 = ((pid % width) / gsz) * GM_BN;
-}
-
 // x tile [128 m][32 k] f16 and the raw weight tile of K tile kt into one stage.
 template <class F, bool XV>
 __device__ __forceinline__ void gm_load_stage(unsigned char* st, const Args& p, const unsigned char* W,
@@ -447,7 +439,7 @@ __device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
     const unsigned char* W = pick3(p.w, pr);
     u16* wdq = reinterpret_cast<u16*>(smem + S * STAGE);   // two f16 tiles
     int m0, n0;
-    gm_tile_coords(p.M, p.N, m0, n0);
+    mg_tile_origin(p.M, p.N, GM_BM, GM_BN, GM_GROUP, m0, n0);
     const int KT = (p.K + GM_BK - 1) / GM_BK;
     const int ncol = n0 + tid;                 // the weight row this thread dequantises
     const bool cok = ncol < p.N;
@@ -567,11 +559,6 @@ __device__ __forceinline__ int wg_raw_sw(int r) {
 
 static_assert(WG_BK == 64 && WG_GROUP == 8, "one 128-byte swizzle row of f16 per K tile");
 
-__device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
-           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
-
 template <class F>
 __device__ __forceinline__ void wg_load_stage(unsigned st, const Args& p, const unsigned char* W,
                                               int m0, int n0, int kt, int tid) {
@@ -644,58 +631,6 @@ __device__ __forceinline__ void wg_dequant(const unsigned char* raw, unsigned ch
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// d += A(64 x 16, desc a) . B(16 x 256, desc b), f16 inputs, f32 accumulate, both K-major.
-__device__ __forceinline__ void wgmma_m64n256k16_f16(float (&d)[128], unsigned long long a,
-                                                     unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
-        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
-        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
-        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
-        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}"
-        ", %128, %129, p, 1, 1, 0, 0;\n}\n"
-        :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
-          "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
-          "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
-          "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
-          "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]),
-          "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
-          "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]),
-          "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
-          "+f"(d[126]), "+f"(d[127])
-        : "l"(a), "l"(b), "r"(1));
-}
-
 template <class F, bool F16OUT>
 __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
     constexpr int S = WG_STAGES, STAGE = WgSmem<F>::STAGE;
@@ -707,14 +642,7 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
     unsigned char* wdq_g = gbase + S * STAGE;
     const unsigned char* W = pick3(p.w, pr);
     int m0, n0;
-    {
-        const int tiles_m = (p.M + WG_BM - 1) / WG_BM, tiles_n = (p.N + WG_BN - 1) / WG_BN;
-        const int pid = blockIdx.x, width = WG_GROUP * tiles_n;
-        const int first_m = (pid / width) * WG_GROUP;
-        const int gsz = min(tiles_m - first_m, WG_GROUP);
-        m0 = (first_m + (pid % width) % gsz) * WG_BM;
-        n0 = ((pid % width) / gsz) * WG_BN;
-    }
+    mg_tile_origin(p.M, p.N, WG_BM, WG_BN, WG_GROUP, m0, n0);
     const int KT = (p.K + WG_BK - 1) / WG_BK;
     const int ncol = n0 + tid;                 // the weight row this thread dequantises
     const bool cok = ncol < p.N;
@@ -750,19 +678,20 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
 
     for (int kt = 0; kt < KT; ++kt) {
         mg_cp_async_wait<S - 4>();                // tile kt+1 has landed (this thread's copies)
-        fence_proxy_async();                   // cp.async data and our f16 stores -> async proxy
+        mg_fence_proxy_async();                // cp.async data and our f16 stores -> async proxy
         __syncthreads();
         const int nk = kt + S - 2;             // refill the stage wgmma(kt-2) read
         if (nk < KT) wg_load_stage<F>(sbase + (nk % S) * STAGE, p, W, m0, n0, nk, tid);
         mg_cp_async_commit();
         const unsigned xs = sbase + (kt % S) * STAGE;
-        const unsigned long long da = wg_desc(xs + wg * 64 * 128);
-        const unsigned long long db = wg_desc(wdq_s + (kt & 1) * WG_WDQ);
-        wg_fence();
+        const unsigned long long da = mg_wgmma_desc(xs + wg * 64 * 128, 16, 1024);
+        const unsigned long long db = mg_wgmma_desc(wdq_s + (kt & 1) * WG_WDQ, 16, 1024);
+        mg_wgmma_fence();
 #pragma unroll
-        for (int s = 0; s < WG_BK / 16; ++s) wgmma_m64n256k16_f16(acc, da + 2 * s, db + 2 * s);
-        wg_commit();
-        wg_wait<1>();                          // wgmma(kt-1) is done (this warpgroup)
+        for (int s = 0; s < WG_BK / 16; ++s)   // +32 B along K = +2 in the 16-B address field
+            MgWgmma<256, MgF16, 0, 0>::run(acc, da + 2 * s, db + 2 * s);
+        mg_wgmma_commit();
+        mg_wgmma_wait<1>();                    // wgmma(kt-1) is done (this warpgroup)
         __syncthreads();                       // ... in both warpgroups: its f16 tile is free
         if (kt + 1 < KT) {
             wg_dequant<F>(gbase + ((kt + 1) % S) * STAGE + WG_XT, wdq_g + ((kt + 1) & 1) * WG_WDQ,
@@ -772,7 +701,7 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
             scales(kt + 3, s_nxt);
         }
     }
-    wg_wait<0>();
+    mg_wgmma_wait<0>();
     mg_cp_async_wait<0>();
 
     const int g = lane >> 2, tq = lane & 3;
