@@ -58,6 +58,29 @@ __device__ __forceinline__ void mg_tile_origin(int M, int N, int bm, int bn, int
     n0 = tn * bn;
 }
 
+// ---- epilogue stores of the matmul kernels ----
+// An accumulator pair (v0, v1) -> row[col], row[col + 1] of an output row, columns >= N
+// dropped. pair_ok (even row stride, base aligned to the pair: 8 bytes for f32, 4 for
+// 16-bit) allows one store of both when both columns are inside.
+__device__ __forceinline__ void mg_store2(float* row, int col, int N, bool pair_ok, float v0,
+                                         float v1) {
+    if (pair_ok && col + 1 < N) {
+        *reinterpret_cast<float2*>(row + col) = make_float2(v0, v1);
+    } else {
+        if (col < N) row[col] = v0;
+        if (col + 1 < N) row[col + 1] = v1;
+    }
+}
+__device__ __forceinline__ void mg_store2(unsigned short* row, int col, int N, bool pair_ok,
+                                         unsigned short h0, unsigned short h1) {
+    if (pair_ok && col + 1 < N) {
+        *reinterpret_cast<unsigned*>(row + col) = (unsigned)h0 | ((unsigned)h1 << 16);
+    } else {
+        if (col < N) row[col] = h0;
+        if (col + 1 < N) row[col + 1] = h1;
+    }
+}
+
 // ---- small f32 helpers of the attention kernels (attention_tc.cu, flash_attention*.cu) ----
 // 2^x by the hardware (ex2.approx, relative error ~2^-22; flushes subnormals).
 __device__ __forceinline__ float mg_ex2(float x) {

@@ -165,14 +165,7 @@ __device__ __forceinline__ float scaled(int acc, float scale) {
 // Predicated store of the pair (row, col), (row, col + 1).
 __device__ __forceinline__ void store_pair(float* C, long long ldc, int M, int N, int row, int col,
                                            float v0, float v1, bool pair_ok) {
-    if (row >= M) return;
-    float* p = C + (long long)row * ldc + col;
-    if (pair_ok && col + 1 < N) {
-        *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-    } else {
-        if (col < N) p[0] = v0;
-        if (col + 1 < N) p[1] = v1;
-    }
+    if (row < M) mg_store2(C + (long long)row * ldc, col, N, pair_ok, v0, v1);
 }
 
 template <bool VEC>

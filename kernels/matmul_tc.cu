@@ -272,13 +272,7 @@ __device__ __forceinline__ void store_c(float* C, long long ldc, int M, int N, i
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int col = n0 + wn * WTN + j * 8 + (lane & 3) * 2;
-                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-                if (pair && col + 1 < N) {
-                    *reinterpret_cast<float2*>(crow + col) = make_float2(v0, v1);
-                } else {
-                    if (col < N) crow[col] = v0;
-                    if (col + 1 < N) crow[col + 1] = v1;
-                }
+                mg_store2(crow, col, N, pair, acc[i][j][2 * h], acc[i][j][2 * h + 1]);
             }
         }
 }

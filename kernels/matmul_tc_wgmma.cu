@@ -205,13 +205,7 @@ __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N
 #pragma unroll
         for (int q = 0; q < BN / 8; ++q) {
             const int col = n0 + q * 8 + (lane & 3) * 2;
-            const float v0 = acc[4 * q + 2 * h], v1 = acc[4 * q + 2 * h + 1];
-            if (pair && col + 1 < N) {
-                *reinterpret_cast<float2*>(crow + col) = make_float2(v0, v1);
-            } else {
-                if (col < N) crow[col] = v0;
-                if (col + 1 < N) crow[col + 1] = v1;
-            }
+            mg_store2(crow, col, N, pair, acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
         }
     }
 }

@@ -505,24 +505,12 @@ __device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
                     v0 = __fmul_rn(v0, sc);
                     v1 = __fmul_rn(v1, sc);
                 }
-                if (F16OUT) {
-                    u16* q = reinterpret_cast<u16*>(O) + (long long)row * p.ldo + col;
-                    const u16 h0 = f32_to_f16(v0), h1 = f32_to_f16(v1);
-                    if (pair_ok && col + 1 < p.N) {
-                        *reinterpret_cast<unsigned*>(q) = (unsigned)h0 | ((unsigned)h1 << 16);
-                    } else {
-                        if (col < p.N) q[0] = h0;
-                        if (col + 1 < p.N) q[1] = h1;
-                    }
-                } else {
-                    float* q = reinterpret_cast<float*>(O) + (long long)row * p.ldo + col;
-                    if (pair_ok && col + 1 < p.N) {
-                        *reinterpret_cast<float2*>(q) = make_float2(v0, v1);
-                    } else {
-                        if (col < p.N) q[0] = v0;
-                        if (col + 1 < p.N) q[1] = v1;
-                    }
-                }
+                const long long at = (long long)row * p.ldo;   // the row's first element
+                if (F16OUT)
+                    mg_store2(reinterpret_cast<u16*>(O) + at, col, p.N, pair_ok, f32_to_f16(v0),
+                              f32_to_f16(v1));
+                else
+                    mg_store2(reinterpret_cast<float*>(O) + at, col, p.N, pair_ok, v0, v1);
             }
         }
 }
@@ -721,24 +709,12 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
                 v0 = __fmul_rn(v0, sc);
                 v1 = __fmul_rn(v1, sc);
             }
-            if (F16OUT) {
-                u16* q = reinterpret_cast<u16*>(O) + (long long)row * p.ldo + col;
-                const u16 h0 = f32_to_f16(v0), h1 = f32_to_f16(v1);
-                if (pair_ok && col + 1 < p.N) {
-                    *reinterpret_cast<unsigned*>(q) = (unsigned)h0 | ((unsigned)h1 << 16);
-                } else {
-                    if (col < p.N) q[0] = h0;
-                    if (col + 1 < p.N) q[1] = h1;
-                }
-            } else {
-                float* q = reinterpret_cast<float*>(O) + (long long)row * p.ldo + col;
-                if (pair_ok && col + 1 < p.N) {
-                    *reinterpret_cast<float2*>(q) = make_float2(v0, v1);
-                } else {
-                    if (col < p.N) q[0] = v0;
-                    if (col + 1 < p.N) q[1] = v1;
-                }
-            }
+            const long long at = (long long)row * p.ldo;   // the row's first element
+            if (F16OUT)
+                mg_store2(reinterpret_cast<u16*>(O) + at, col, p.N, pair_ok, f32_to_f16(v0),
+                          f32_to_f16(v1));
+            else
+                mg_store2(reinterpret_cast<float*>(O) + at, col, p.N, pair_ok, v0, v1);
         }
     }
 }
