@@ -91,7 +91,8 @@ NAN16 = {"f16": 0x7E00, "bf16": 0x7FC0}
 def src_hash(name):
     h = hashlib.sha256()
     h.update((KDIR / SOURCES[name]).read_bytes())
-    h.update((KDIR / "common.cuh").read_bytes())
+    for header in sorted(KDIR.glob("*.cuh")):     # what the .cu files may include
+        h.update(header.read_bytes())
     return h.hexdigest()[:16]
 
 

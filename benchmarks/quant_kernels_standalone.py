@@ -122,7 +122,7 @@ def compile_cubin(name: str, arch: str, cache_dir: Path) -> tuple[bytes, str]:
         pre = Path(PREBUILT_DIR) / f"{path.stem}_{arch}.cubin"
         if pre.exists():
             return pre.read_bytes(), "prebuilt"
-    deps = [path] + [KDIR / d for d in ("matmul_int4.cu", "common.cuh") if (KDIR / d).exists()]
+    deps = [path] + sorted(KDIR.glob("*.cuh"))     # the headers it may include
     key = hashlib.sha256(b"".join(p.read_bytes() for p in deps) + arch.encode()).hexdigest()[:16]
     cached = cache_dir / f"{path.stem}_{arch}_{key}.cubin"
     if cached.exists():

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import autograd, lazy
 from . import functions as F
+from .backend import const_key
 from .device import canonical, get_backend
 from .dtype import (DType, bool_, bfloat16, float16, float32, int32, int64, promote,
                     to_dtype)
@@ -48,7 +49,7 @@ def mix_seed(seed: int, call: int) -> int:
     return x ^ (x >> 31)
 
 
-_SCALARS: dict = {}     # (device, dtype, shape, type(value), value key) -> its "full" node
+_SCALARS: dict = {}     # (device, dtype, shape, const_key(value)) -> its "full" node
 
 
 def _scalar_node(shape: tuple, value, dtype: DType, device: str) -> lazy.LazyBuffer:
@@ -56,10 +57,9 @@ def _scalar_node(shape: tuple, value, dtype: DType, device: str) -> lazy.LazyBuf
     with the same constant: once one schedule has run it (a stride-0 view of one
     element on either backend), `x * 1.0001` in a loop schedules and runs only the
     multiply. Sharing is safe: a node never changes once realized."""
-    # the value itself is the key, except where equal values differ (0.0 and -0.0)
-    # or NaN is unequal to itself: there its repr is (as in the CUDA backend's cache)
-    key = (device, dtype, shape, type(value),
-           value if value and value == value else repr(value))
+    # const_key: the same rule as the CUDA backend's cache of constants (0.0 and -0.0
+    # apart, NaN equal to itself)
+    key = (device, dtype, shape, const_key(value))
     lb = _SCALARS.get(key)
     if lb is None:
         if len(_SCALARS) >= 4096:
@@ -552,6 +552,8 @@ class Tensor:
         for s, t in zip(self.shape, shape[len(shape) - self.ndim:]):
             if s != t and s != 1:
                 raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}")
+        if shape == self.shape:     # -1s (or sizes) that keep every axis: no node, as reshape
+            return self
         return F.Expand.apply(self, shape)       # (new leading dims too: one node)
 
     def flatten(self, start=0, end=-1) -> "Tensor":

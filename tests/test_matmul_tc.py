@@ -8,6 +8,8 @@ import pytest
 import minigrad as mg
 from minigrad import Tensor
 
+from cuda_stand_ins import FakeBuf, FakeFn     # tests/cuda_stand_ins.py
+
 OPS = {"matmul_tc": np.float16, "matmul_tc_bf16": ml_dtypes.bfloat16,
        "matmul_tc_async": np.float16, "matmul_tc_bf16_async": ml_dtypes.bfloat16}
 SHAPES = [(1, 1, 1), (17, 9, 13), (127, 255, 33), (64, 64, 64), (1000, 1000, 1000),
@@ -203,27 +205,6 @@ def test_split_plan_force(monkeypatch):
     assert om.plan(384, 384, 16384, 1, 132, "wgmma")[1] == 1
 
 
-class _Buf:
-    def __init__(self, base, shape, dtype, strides=None, offset=0):
-        from minigrad.backend.cuda.views import contig_strides, is_contig
-        self.base, self.shape, self.dtype, self.offset = base, tuple(shape), dtype, offset
-        self.strides = contig_strides(self.shape) if strides is None else tuple(strides)
-        self.contig = is_contig(self.shape, self.strides)
-        self.size = int(np.prod(self.shape))
-
-    ptr = property(lambda self: self.base + self.offset * self.dtype.itemsize)
-    ndim = property(lambda self: len(self.shape))
-
-    def view(self, shape, strides, offset=None):
-        return _Buf(self.base, shape, self.dtype, strides,
-                    self.offset if offset is None else offset)
-
-
-class _FakeFn:
-    def __init__(self, file, entry, fmt):
-        self.file, self.entry, self.fmt, self.max_smem = file, entry, fmt, 48 * 1024
-
-
 class _FakeGPU:
     """Backend (the methods ops_matmul uses) and runtime stand-in."""
     BASE = 1 << 20
@@ -241,7 +222,7 @@ class _FakeGPU:
         assert self.top <= self.mem.size, "arena full"
         self.mem[start:start + nbytes] = 0xFF                 # poison: f32 NaN
         self.allocs.append((self.BASE + start, self.BASE + start + nbytes))
-        return _Buf(self.BASE + start, shape, dtype)
+        return FakeBuf(self.BASE + start, shape, dtype)
 
     def arr(self, ptr, np_dtype, shape, strides):
         it = np.dtype(np_dtype).itemsize
@@ -272,7 +253,7 @@ class _FakeGPU:
         return out
 
     def function(self, file, entry, fmt):
-        return _FakeFn(file, entry, fmt)
+        return FakeFn(file, entry, fmt)
 
     def set_max_dynamic_shared(self, fn, nbytes):
         fn.max_smem = nbytes
@@ -506,30 +487,32 @@ def test_ws_tile_rule():
     assert om.ws_tile(1152, 4096, 1, 132)[1] == 2          # 9 row tiles: 1/18 idle
 
 
-def test_tma_refused_map_falls_back(monkeypatch, rng):
-    """A tensor map the driver refuses sends the product to the cp.async wgmma kernel."""
+def _matmul_refusing_maps(monkeypatch, a, b, how_a):
+    """a @ b (f16, a stored as `how_a`, see _stored) by tc_matmul on an sm_90 stand-in
+    whose driver refuses every tensor map; checks the product and returns the names of
+    the kernels launched."""
     om = _om()
     gpu = _FakeGPU("sm_90")
-    monkeypatch.setattr(gpu, "tensor_map", lambda *a, **k: None, raising=False)
+    monkeypatch.setattr(gpu, "tensor_map", lambda *args, **kw: None, raising=False)
+    out = om.tc_matmul(gpu, _stored(gpu, a, mg.float16, how_a), gpu.upload(b, mg.float16),
+                       True, runtime=gpu)
+    assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
+    return [e for e, _, _ in gpu.launches]
+
+
+def test_tma_refused_map_falls_back(monkeypatch, rng):
+    """A tensor map the driver refuses sends the product to the cp.async wgmma kernel."""
     a = rng.standard_normal((130, 72)).astype(np.float16)
     b = rng.standard_normal((72, 264)).astype(np.float16)
-    out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
-                       runtime=gpu)
-    assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
-    assert [e for e, _, _ in gpu.launches] == ["matmul_tc_wgmma_f16_nn_n128"]
+    names = _matmul_refusing_maps(monkeypatch, a, b, "n")
+    assert names == ["matmul_tc_wgmma_f16_nn_n128"]
 
 
 def test_tma_refused_map_split_k_falls_back(monkeypatch, rng):
     """Split-K too: a refused map queues no TMA launch; the chunks run on cp.async wgmma."""
-    om = _om()
-    gpu = _FakeGPU("sm_90")
-    monkeypatch.setattr(gpu, "tensor_map", lambda *a, **k: None, raising=False)
     a = rng.standard_normal((64, 20000)).astype(np.float16)
     b = rng.standard_normal((20000, 24)).astype(np.float16)
-    out = om.tc_matmul(gpu, _stored(gpu, a, mg.float16, "t"), gpu.upload(b, mg.float16), True,
-                       runtime=gpu)
-    assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
-    names = [e for e, _, _ in gpu.launches]
+    names = _matmul_refusing_maps(monkeypatch, a, b, "t")
     assert names[-1].startswith("matmul_tc_splitk_sum") and len(names) >= 2
     assert all(e == "matmul_tc_wgmma_f16_tn_n128" for e in names[:-1]), names
 

@@ -24,6 +24,8 @@ from minigrad import Tensor
 from minigrad.backend import reference as ref
 from minigrad.quant import pack_int4, unpack_int4
 
+from cuda_stand_ins import FakeBuf, FakeFn     # tests/cuda_stand_ins.py
+
 f16, f32 = np.float16, np.float32
 Ms, Ns, Ks = (1, 3, 17, 64, 1000), (1, 7, 130, 4096), (32, 96, 4096)
 INT4_KG = [(32, 32), (96, 32), (4096, 32), (4096, 64), (4096, 128)]   # K values each G allows
@@ -606,29 +608,6 @@ def test_bad_input_errors(device):
 # byte read or written inside an allocation) and then compute the kernel's result with the
 # NumPy oracle from the pointers and leading dimensions it was given.
 
-class _Buf:
-    def __init__(self, base, shape, dtype, strides=None, offset=0):
-        from minigrad.backend.cuda.views import contig_strides, is_contig
-        self.alloc = self.base = base
-        self.shape, self.dtype, self.offset = tuple(shape), dtype, offset
-        self.strides = contig_strides(self.shape) if strides is None else tuple(strides)
-        self.contig = is_contig(self.shape, self.strides)
-        self.size = math.prod(self.shape)
-
-    ptr = property(lambda self: self.base + self.offset * self.dtype.itemsize)
-    ndim = property(lambda self: len(self.shape))
-    nbytes = property(lambda self: self.size * self.dtype.itemsize)
-
-    def view(self, shape, strides, offset=None):
-        return _Buf(self.base, shape, self.dtype, strides,
-                    self.offset if offset is None else offset)
-
-
-class _FakeFn:
-    def __init__(self, file, entry, fmt):
-        self.file, self.entry, self.fmt, self.max_smem = file, entry, fmt, 48 * 1024
-
-
 class _FakeGPU:
     """Backend (the methods ops_quant uses) + runtime stand-in."""
     BASE = 1 << 20
@@ -646,7 +625,7 @@ class _FakeGPU:
         assert self.top <= self.mem.size, "arena full"
         self.mem[start:start + nbytes] = 0xFF                       # poison
         self.allocs.append((self.BASE + start, self.BASE + start + nbytes))
-        return _Buf(self.BASE + start, shape, dtype)
+        return FakeBuf(self.BASE + start, shape, dtype)
 
     def check(self, lo, hi):
         assert any(a <= lo and hi <= b for a, b in self.allocs), \
@@ -700,7 +679,7 @@ class _FakeGPU:
 
     # -- runtime
     def function(self, file, entry, fmt):
-        return _FakeFn(file, entry, fmt)
+        return FakeFn(file, entry, fmt)
 
     def set_max_dynamic_shared(self, fn, nbytes):
         fn.max_smem = nbytes

@@ -116,6 +116,20 @@ def test_python_scalar_operands(device, op, rng):
     close(out, ref, rtol=1e-6)
 
 
+def test_scalar_constants_one_node_per_value(device):
+    """Equal Python scalar operands share one constant node, and on CUDA one buffer:
+    tensor._scalar_node and the CUDA backend's `full` key them by one rule
+    (backend.const_key). 0.0 and -0.0 stay apart, NaN finds its own node again, and
+    2 and 2.0 are different constants (their nodes keep the value as given)."""
+    x = Tensor([1.0, -2.0], device=device)
+    node = lambda c: (x * c).lazydata.srcs[1]
+    assert node(0.5) is node(0.5) and node(float("nan")) is node(float("nan"))
+    assert node(0.0) is not node(-0.0) and node(2) is not node(2.0)
+    assert np.signbit((x * 0.0).numpy()).tolist() == [False, True]
+    assert np.signbit((x * -0.0).numpy()).tolist() == [True, False]     # not 0.0's constant
+    assert np.isnan((x + float("nan")).numpy()).all()
+
+
 def test_numpy_array_operand(device, rng):
     a, b = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     t = Tensor(a, device=device)
@@ -341,6 +355,21 @@ def test_expand_with_new_leading_dims_is_one_node():
     c = Tensor(np.ones((1, 3), np.float32), requires_grad=True)
     c.expand(5, 2, 3).sum().backward()
     assert c.grad.shape == (1, 3) and np.all(c.grad.numpy() == 10.0)
+
+
+def test_shape_ops_that_change_nothing_add_no_node():
+    # expand to the tensor's own shape, spelled with -1 or not, returns the tensor itself
+    # (as reshape, permute, squeeze and transpose do): no node for the scheduler and the
+    # backward to walk. A real expand, even if only -1 and new leading dims, still is one.
+    x = Tensor(np.ones((2, 1, 3), np.float32), requires_grad=True)
+    for y in (x.expand(2, 1, 3), x.expand(-1, -1, -1), x.expand(2, -1, 3),
+              x.reshape(-1, 1, 3), x.permute(0, 1, 2), x.transpose(1, 1), x.squeeze(0)):
+        assert y is x, y.lazydata
+    assert x.expand(2, 4, -1).lazydata.srcs[0] is x.lazydata
+    y = x.expand(5, -1, -1, -1)
+    assert y.shape == (5, 2, 1, 3) and y.lazydata.op == "expand"
+    y.sum().backward()
+    assert np.all(x.grad.numpy() == 5.0)
 
 
 @HYP

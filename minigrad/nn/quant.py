@@ -47,7 +47,7 @@ from ..dtype import float16, int8, uint32
 from ..tensor import Tensor
 from .layers import Dropout, Linear
 from .module import Module
-from .transformer import CausalSelfAttention, attention
+from .transformer import CausalSelfAttention, _multi_head_attention
 
 BITS = (8, 4)
 ROUND_MAGIC = 12582912.0        # 1.5 * 2**23: (y + M) - M = rint(y) in f32 for |y| < 2**22
@@ -279,12 +279,8 @@ class QuantCausalSelfAttention(Module):
         if x.ndim != 3 or x.shape[2] != self.n_embd:
             raise ValueError(f"QuantCausalSelfAttention: input must be (batch, time, "
                              f"{self.n_embd}), got {x.shape}")
-        B, T, C = x.shape
-        heads = lambda t: t.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q, k, v = (heads(t) for t in self.qkv(x))
-        y = attention(q, k, v, causal=True, dropout_p=self.dropout, training=self.training,
-                      impl=self.impl)                         # (B, n_head, T, head_size)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        q, k, v = self.qkv(x)
+        y = _multi_head_attention(q, k, v, self.n_head, self.dropout, self.training, self.impl)
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self):

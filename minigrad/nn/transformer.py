@@ -81,6 +81,17 @@ def attention(q, k, v, causal=True, dropout_p=0.0, training=False, impl="auto") 
     return _kernel_attention(q, k, v, causal, impl, drop)
 
 
+def _multi_head_attention(q, k, v, n_head, dropout_p, training, impl) -> Tensor:
+    """Causal attention of q, k, v (batch, time, C) with n_head heads of C // n_head
+    channels each, merged back to (batch, time, C). CausalSelfAttention and
+    nn.QuantCausalSelfAttention both use it: they differ only in how q, k, v are made."""
+    B, T, C = q.shape
+    heads = lambda t: t.reshape(B, T, n_head, C // n_head).transpose(1, 2)
+    y = attention(heads(q), heads(k), heads(v), causal=True, dropout_p=dropout_p,
+                  training=training, impl=impl)               # (B, n_head, T, head_size)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
 class CausalSelfAttention(Module):
     """Multi-head causal self-attention: one Linear `c_attn` makes q, k and v, `c_proj`
     mixes the heads' outputs. `impl` picks the attention implementation (see attention())."""
@@ -102,12 +113,8 @@ class CausalSelfAttention(Module):
         if x.ndim != 3 or x.shape[2] != self.n_embd:
             raise ValueError(f"CausalSelfAttention: input must be (batch, time, "
                              f"{self.n_embd}), got {x.shape}")
-        B, T, C = x.shape
-        heads = lambda t: t.reshape(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q, k, v = (heads(t) for t in self.c_attn(x).split(C, dim=2))
-        y = attention(q, k, v, causal=True, dropout_p=self.dropout, training=self.training,
-                      impl=self.impl)                         # (B, n_head, T, head_size)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        y = _multi_head_attention(q, k, v, self.n_head, self.dropout, self.training, self.impl)
         return self.resid_dropout(self.c_proj(y))
 
     def extra_repr(self):

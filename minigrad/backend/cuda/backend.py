@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 
+from .. import const_key
 from ...dtype import DType, bfloat16, bool_, float16, float32, int64, to_dtype
 from . import codegen as cg
 from . import compiler
@@ -92,15 +93,6 @@ def _shrink(x: CudaBuffer, slices) -> CudaBuffer:
     return x.view(shape, strides, off)
 
 
-def _value_key(value):
-    """A dict key for a constant: the value itself for nonzero, non-NaN Python numbers
-    (equal ones make equal constants), else its repr, which tells -0.0 from 0.0 and
-    is equal to itself for NaN (repr of a float costs ~0.4 us: not for every op)."""
-    if type(value) in (int, float) and value and value == value:
-        return value
-    return repr(value)
-
-
 _COMPARISONS = frozenset(("lt", "le", "gt", "ge", "eq", "ne"))
 
 
@@ -115,8 +107,8 @@ class CudaBackend:
         self.kernels = {}            # name -> fn(*bufs, **params): the twelve ops
         self._warned = set()
         self._modules, self._functions = {}, {}
-        self._consts = {}            # (dtype, _value_key(value)) -> one-element buffer, for `full`
-        self._full_views = {}        # (dtype, _value_key(value), shape) -> its stride-0 view
+        self._consts = {}            # (dtype, const_key(value)) -> one-element buffer, for `full`
+        self._full_views = {}        # (dtype, const_key(value), shape) -> its stride-0 view
         self._reduce_plans = {}      # (op, axes, shape, strides, dtypes) -> _reduce_plan()
         self._ew_fns = {}            # elementwise kernels by (expr, dtypes, ..., ndim, idx64)
         self.device_name, self.arch = runtime.name, runtime.arch
@@ -221,7 +213,7 @@ class CudaBackend:
         """A stride-0 view of one element; the elements are cached per value (buffers
         are immutable), so a Python scalar in a loop costs no copy after the first."""
         shape = tuple(shape)
-        key = (dtype, _value_key(value), shape)
+        key = (dtype, const_key(value), shape)
         view = self._full_views.get(key)             # the view too: it is immutable
         if view is None:
             one = self._consts.get(key[:2])

@@ -477,6 +477,18 @@ extern "C" __global__ void __launch_bounds__(256) {fname}(
 
 
 # -- gather / scatter-add --------------------------------------------------------
+# gather reads x[p, idx[j], q]; scatter_add, its backward, adds into acc[p, idx[j], q].
+# The two must read idx the same way (a negative index counts from the end, then it is
+# clamped into [0, A)), so the loop head that turns the flat index i into (p, j, q) and
+# the row k is written once, here; each kernel's body follows it.
+_GATHER_LOOP = """\
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    long long q = i % Q, t = i / Q, j = t % J, p = t / J, k = (long long)idx[j];
+    k = k < 0 ? k + A : k;
+    k = k < 0 ? 0 : (k >= A ? A - 1 : k);"""
+
+
 def gather(x_dt: DType, idx_dt: DType):
     """out[p, j, q] = x[p, idx[j], q] (x, idx dense; negative idx from the end,
     clamped into range). Args: out, x, idx, n, J, Q, A."""
@@ -487,11 +499,7 @@ def gather(x_dt: DType, idx_dt: DType):
         src = _headers_for([x_dt]) + f"""
 extern "C" __global__ void {fname}({ctype(x_dt)}* __restrict__ out, const {ctype(x_dt)}* __restrict__ x,
     const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A) {{
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {{
-    long long q = i % Q, t = i / Q, j = t % J, p = t / J, k = (long long)idx[j];
-    k = k < 0 ? k + A : k;
-    k = k < 0 ? 0 : (k >= A ? A - 1 : k);
+{_GATHER_LOOP}
     out[i] = x[(p * A + k) * Q + q];
   }}
 }}
@@ -513,11 +521,7 @@ def scatter_add(src_dt: DType, idx_dt: DType):
         src = _headers_for([src_dt]) + f"""
 extern "C" __global__ void {fname}({acc_t}* __restrict__ acc, const {ctype(src_dt)}* __restrict__ src,
     const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A) {{
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {{
-    long long q = i % Q, t = i / Q, j = t % J, p = t / J, k = (long long)idx[j];
-    k = k < 0 ? k + A : k;
-    k = k < 0 ? 0 : (k >= A ? A - 1 : k);
+{_GATHER_LOOP}
     long long o = (p * A + k) * Q + q;
     {ctype_compute(src_dt)} v = {load(src_dt, "src[i]")};
     {add}

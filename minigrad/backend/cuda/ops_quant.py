@@ -285,22 +285,12 @@ class QuantKernels:
                   for (bt, ld), w in zip(ws, (wq, wk, wv))]
         ldw = ws[0][1]
         vec = self._x_vec(X, ldx, 8)
-        v = "v" if vec else "s"
         args = [X.ptr, ws[0][0].ptr, ws[1][0].ptr, ws[2][0].ptr, outs[0].ptr, outs[1].ptr,
                 outs[2].ptr, ldx, ldw, N, M, N, K, float(scales[0]), float(scales[1]),
                 float(scales[2])]
-        if M <= GEMV_MAX_M:
-            t = 1 if M <= 8 else 2
-            self._launch(QKV_FILE, f"qkv_project_int8_gemv_t{t}_{v}", Q8_FMT,
-                         (ceil_div(N, 16), ceil_div(M, 8 * t), 1), (256, 1, 1), args)
-        elif vec and self.wgmma[QKV_FILE]:
-            self._launch(QKV_FILE, "qkv_project_int8_gemm_wgmma", Q8_FMT,
-                         (ceil_div(M, 128) * ceil_div(N, 256), 3, 1), (256, 1, 1), args,
-                         WG_SMEM_I8)
-        else:
-            self._launch(QKV_FILE, f"qkv_project_int8_gemm_{v}", Q8_FMT,
-                         (ceil_div(M, 128) * ceil_div(N, 128), 3, 1), (128, 1, 1), args,
-                         GM_SMEM_I8)
+        # the wgmma gemm has no element-load variant: an x it cannot load takes _gemm_s
+        self._launch_qkv("int8", Q8_FMT, M, N, args, wgmma=vec and self.wgmma[QKV_FILE],
+                         smem=(WG_SMEM_I8, GM_SMEM_I8), x_loads="_v" if vec else "_s")
         return tuple(outs)
 
     def qkv_project_int4(self, x, wq, wk, wv, sq, sk, sv, group_size):
@@ -318,16 +308,28 @@ class QuantKernels:
         args = [X.ptr, ins[0].ptr, ins[1].ptr, ins[2].ptr, ins[3].ptr, ins[4].ptr, ins[5].ptr,
                 outs[0].ptr, outs[1].ptr, outs[2].ptr, ldx, N, M, N, K,
                 int(math.log2(group_size))]
+        self._launch_qkv("int4", Q4_FMT, M, N, args, wgmma=self.wgmma[QKV_FILE],
+                         smem=(WG_SMEM_I4, GM_SMEM_I4))
+        return outs
+
+    def _launch_qkv(self, kind, fmt, M, N, args, wgmma, smem, x_loads=""):
+        """Launch qkv_project_{kind} ("int8" or "int4"), one rule for both: the gemv
+        (decode) kernel `_gemv_t{T}` when M <= GEMV_MAX_M (T = 1 token tile when M <= 8,
+        else 2), else `_gemm_wgmma` where `wgmma` holds, else the mma.sync `_gemm`. Grid y
+        of the gemms picks the projection (q, k, v). `smem` is the dynamic shared memory
+        of (the wgmma gemm, the mma.sync gemm). `x_loads` ("_v" vector or "_s" element
+        loads of x) ends the int8 gemv and mma.sync gemm names; the int4 kernels have
+        one variant."""
+        name = f"qkv_project_{kind}"
         if M <= GEMV_MAX_M:
             t = 1 if M <= 8 else 2
-            self._launch(QKV_FILE, f"qkv_project_int4_gemv_t{t}", Q4_FMT,
+            self._launch(QKV_FILE, f"{name}_gemv_t{t}{x_loads}", fmt,
                          (ceil_div(N, 16), ceil_div(M, 8 * t), 1), (256, 1, 1), args)
-        elif self.wgmma[QKV_FILE]:
-            self._launch(QKV_FILE, "qkv_project_int4_gemm_wgmma", Q4_FMT,
+        elif wgmma:
+            self._launch(QKV_FILE, f"{name}_gemm_wgmma", fmt,
                          (ceil_div(M, 128) * ceil_div(N, 256), 3, 1), (256, 1, 1), args,
-                         WG_SMEM_I4)
+                         smem[0])
         else:
-            self._launch(QKV_FILE, "qkv_project_int4_gemm", Q4_FMT,
+            self._launch(QKV_FILE, f"{name}_gemm{x_loads}", fmt,
                          (ceil_div(M, 128) * ceil_div(N, 128), 3, 1), (128, 1, 1), args,
-                         GM_SMEM_I4)
-        return outs
+                         smem[1])
