@@ -103,6 +103,21 @@ struct Args {
     int M, N, K, gshift;
 };
 
+// The gemm epilogues: an accumulator pair -> output row element `at` + col, col + 1, scaled
+// by sc unless the weights were dequantized with their scale (F::SCALED), in f16 or f32.
+template <class F, bool F16OUT>
+__device__ __forceinline__ void store_out(void* O, long long at, int col, int N, bool pair_ok,
+                                          float sc, float v0, float v1) {
+    if (!F::SCALED) {
+        v0 = __fmul_rn(v0, sc);
+        v1 = __fmul_rn(v1, sc);
+    }
+    if (F16OUT)
+        mg_store2(reinterpret_cast<u16*>(O) + at, col, N, pair_ok, f32_to_f16(v0), f32_to_f16(v1));
+    else
+        mg_store2(reinterpret_cast<float*>(O) + at, col, N, pair_ok, v0, v1);
+}
+
 // a[i] for a run-time i in 0..2 without indexing (an indexed struct array goes to local memory).
 template <class V>
 __device__ __forceinline__ V pick3(const V (&a)[3], int i) {
@@ -500,17 +515,8 @@ __device__ __forceinline__ void gemm(const Args& p, unsigned char* smem) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int col = n0 + wn * 64 + j * 8 + 2 * tq;
-                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-                if (!F::SCALED) {
-                    v0 = __fmul_rn(v0, sc);
-                    v1 = __fmul_rn(v1, sc);
-                }
-                const long long at = (long long)row * p.ldo;   // the row's first element
-                if (F16OUT)
-                    mg_store2(reinterpret_cast<u16*>(O) + at, col, p.N, pair_ok, f32_to_f16(v0),
-                              f32_to_f16(v1));
-                else
-                    mg_store2(reinterpret_cast<float*>(O) + at, col, p.N, pair_ok, v0, v1);
+                store_out<F, F16OUT>(O, (long long)row * p.ldo, col, p.N, pair_ok, sc, acc[i][j][2 * h],
+                                     acc[i][j][2 * h + 1]);
             }
         }
 }
@@ -704,17 +710,8 @@ __device__ __forceinline__ void gemm_wg(const Args& p, unsigned char* dsmem) {
 #pragma unroll
         for (int i = 0; i < 32; ++i) {
             const int col = n0 + i * 8 + 2 * tq;
-            float v0 = acc[4 * i + 2 * h], v1 = acc[4 * i + 2 * h + 1];
-            if (!F::SCALED) {
-                v0 = __fmul_rn(v0, sc);
-                v1 = __fmul_rn(v1, sc);
-            }
-            const long long at = (long long)row * p.ldo;   // the row's first element
-            if (F16OUT)
-                mg_store2(reinterpret_cast<u16*>(O) + at, col, p.N, pair_ok, f32_to_f16(v0),
-                          f32_to_f16(v1));
-            else
-                mg_store2(reinterpret_cast<float*>(O) + at, col, p.N, pair_ok, v0, v1);
+            store_out<F, F16OUT>(O, (long long)row * p.ldo, col, p.N, pair_ok, sc, acc[4 * i + 2 * h],
+                                 acc[4 * i + 2 * h + 1]);
         }
     }
 }
