@@ -113,32 +113,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Rows [row0, row0+ROWS) x halves [0, DP) of a [nrows, D] f16 matrix -> shared tile with row
-// stride LD halves; zero-filled past nrows / D.  vec: 16-byte cp.async (caller commits);
-// else synchronous 2-byte copies.
-template <int ROWS, int DP, int LD>
-__device__ __forceinline__ void load_tile(u16* sm, const u16* g, int row0, int nrows, int D, bool vec) {
-    constexpr int CH = DP / 8, RSTEP = NT / CH;
-    static_assert(NT % CH == 0 && ROWS % RSTEP == 0, "tile loader assumes whole rounds");
-    if (vec) {
-        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * 8;
-        const unsigned dst = mg_smem_addr(sm + tr * LD + d);
-        const u16* src = g + (size_t)(row0 + tr) * D + d;
-        const int rleft = nrows - row0 - tr;
-#pragma unroll
-        for (int it = 0; it < ROWS / RSTEP; ++it) {
-            const bool ok = it * RSTEP < rleft && d < D;
-            mg_cp_async16(dst + it * RSTEP * LD * 2, ok ? src + (size_t)it * RSTEP * D : g, ok ? 16 : 0);
-        }
-    } else {
-#pragma unroll 1
-        for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
-            const int r = i / DP, d = i % DP, gr = row0 + r;
-            sm[r * LD + d] = (gr < nrows && d < D) ? g[(size_t)gr * D + d] : (u16)0;
-        }
-    }
-}
-
 template <int DP, bool CAUSAL, int KS>
 __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* __restrict__ K,
                                           const u16* __restrict__ V, float* __restrict__ O,
@@ -182,8 +156,8 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
     const int k_off = (kh * BCW + (mi >> 1) * 8 + mr) * LD + (mi & 1) * 8;    // K (B, non-trans)
     const int v_off = (kh * BCW + (mi & 1) * 8 + mr) * LD + (mi >> 1) * 8;    // V (B, trans)
 
-    load_tile<BRB, DP, LD>(Qs, q, q0, Sq, Dk, vec);
-    load_tile<BC, DP, LD>(Kst, k, 0, Sk, Dk, vec);
+    mg_load_rows<BRB, DP, LD, NT>(Qs, q, q0, Sq, Dk, vec);
+    mg_load_rows<BC, DP, LD, NT>(Kst, k, 0, Sk, Dk, vec);
     mg_cp_async_commit();
 
     unsigned qa[QREG ? NKK : 1][4];
@@ -198,8 +172,9 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
         const int st = t & 1;
         if (t + 1 < T) {                              // prefetch step t+1 into the other stage
             const int t1 = t + 1, kt1 = t1 >= nkt ? t1 - nkt : t1;
-            load_tile<BC, DP, LD>(Kst + (t1 & 1) * BC * LD, k, kt1 * BC, Sk, Dk, vec);
-            if (t1 >= nkt) load_tile<BC, DP, LD>(Vst + (t1 & 1) * BC * LD, v, kt1 * BC, Sk, Dv, vec);
+            mg_load_rows<BC, DP, LD, NT>(Kst + (t1 & 1) * BC * LD, k, kt1 * BC, Sk, Dk, vec);
+            if (t1 >= nkt)
+                mg_load_rows<BC, DP, LD, NT>(Vst + (t1 & 1) * BC * LD, v, kt1 * BC, Sk, Dv, vec);
         }
         mg_cp_async_commit();
         mg_cp_async_wait<1>();

@@ -101,31 +101,39 @@ __device__ __forceinline__ void mg_cp_async4(unsigned dst, const void* src, int 
                  :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-// Rows [row0, row0+ROWS) x columns [0, DP) of a [nrows, D] f32 matrix -> shared tile with
-// row stride LD floats, by NT threads; rows >= nrows and columns >= D are zero-filled.
-// vec (D % 4 == 0 and g 16-byte aligned): each thread copies one fixed 16-byte column chunk
-// of rows tr, tr + RSTEP, ...; else 4-byte copies. Asynchronous: the caller commits and waits.
-template <int ROWS, int DP, int LD, int NT>
-__device__ __forceinline__ void mg_load_rows_f32(float* sm, const float* g, int row0, int nrows,
-                                                 int D, bool vec) {
-    static_assert((ROWS * DP / 4) % NT == 0 && NT % (DP / 4) == 0, "whole rounds");
+// Rows [row0, row0+ROWS) x columns [0, DP) of a [nrows, D] matrix of T (f32, or 16-bit
+// raw f16) -> shared tile with row stride LD elements, by NT threads; rows >= nrows and
+// columns >= D are zero-filled. vec (D a multiple of 16 bytes' worth of T, g 16-byte
+// aligned): each thread copies one fixed 16-byte column chunk of rows tr, tr + RSTEP, ...
+// with cp.async (the caller commits and waits); else element copies: 4-byte cp.async for
+// f32, plain loads and stores for 16-bit (cp.async has no 2-byte size).
+template <int ROWS, int DP, int LD, int NT, class T>
+__device__ __forceinline__ void mg_load_rows(T* sm, const T* g, int row0, int nrows, int D,
+                                             bool vec) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 2, "f32 or 16-bit elements");
+    constexpr int E = 16 / (int)sizeof(T), CH = DP / E, RSTEP = NT / CH;
+    static_assert(NT % CH == 0 && ROWS % RSTEP == 0, "whole rounds");
     if (vec) {
-        constexpr int CH = DP / 4, RSTEP = NT / CH;
-        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * 4;
+        const int tr = threadIdx.x / CH, d = (threadIdx.x % CH) * E;
         const unsigned dst = mg_smem_addr(sm + tr * LD + d);
-        const float* src = g + (size_t)(row0 + tr) * D + d;
+        const T* src = g + (size_t)(row0 + tr) * D + d;
         const int rleft = nrows - row0 - tr;       // rows r < rleft are inside the matrix
 #pragma unroll
         for (int it = 0; it < ROWS / RSTEP; ++it) {
             const bool ok = it * RSTEP < rleft && d < D;
-            mg_cp_async16(dst + it * RSTEP * LD * 4, ok ? src + (size_t)it * RSTEP * D : g, ok ? 16 : 0);
+            mg_cp_async16(dst + it * RSTEP * LD * (int)sizeof(T),
+                          ok ? src + (size_t)it * RSTEP * D : g, ok ? 16 : 0);
         }
     } else {
 #pragma unroll 1
         for (int i = threadIdx.x; i < ROWS * DP; i += NT) {
             const int r = i / DP, d = i % DP, gr = row0 + r;
             const bool ok = gr < nrows && d < D;
-            mg_cp_async4(mg_smem_addr(sm + r * LD + d), ok ? g + (size_t)gr * D + d : g, ok ? 4 : 0);
+            if constexpr (sizeof(T) == 4)
+                mg_cp_async4(mg_smem_addr(sm + r * LD + d), ok ? g + (size_t)gr * D + d : g,
+                             ok ? 4 : 0);
+            else
+                sm[r * LD + d] = ok ? g[(size_t)gr * D + d] : (T)0;
         }
     }
 }

@@ -320,10 +320,10 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         for (int jj = 0; jj < TD; ++jj) o[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
 
-    mg_load_rows_f32<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
-    mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
+    mg_load_rows<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
     mg_cp_async_commit();
-    if (PV) mg_load_rows_f32<BC, DP, LDV, NT>(Vs, v, 0, S, D, vec);
+    if (PV) mg_load_rows<BC, DP, LDV, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -379,14 +379,14 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
             }
         }
         __syncthreads();                            // Ks free, Ps visible
-        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
         mg_cp_async_commit();
         if (PV) {
             mg_cp_async_wait<1>();                  // V(kt) landed
             __syncthreads();
             gemm_pv<TM, TD, BC, LDP, LDV>(o, Ps + rg * LDP, Vs + 4 * cg);
             __syncthreads();                        // Vs, Ps free
-            if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDV, NT>(Vs, v, k0 + BC, S, D, vec);
+            if (kt + 1 < nkt) mg_load_rows<BC, DP, LDV, NT>(Vs, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
     }
@@ -460,11 +460,11 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 #pragma unroll
         for (int jj = 0; jj < TD; ++jj) acc[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
 
-    mg_load_rows_f32<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
-    mg_load_rows_f32<BR, DP, LDQ, NT>(dOs, dout, q0, S, D, vec);
-    mg_load_rows_f32<BC, DP, LDK, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows<BR, DP, LDQ, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows<BR, DP, LDQ, NT>(dOs, dout, q0, S, D, vec);
+    mg_load_rows<BC, DP, LDK, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
-    mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
+    mg_load_rows<BC, DP, LDK, NT>(Ks, k, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -502,11 +502,11 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
                 dSs[(rg + 16 * i) * LDS_ + cg + 8 * j] = p * (dp[i][j] - dd[i]);
             }
         __syncthreads();                            // dS visible, Vs free
-        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Vs, v, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows<BC, DP, LDK, NT>(Vs, v, k0 + BC, S, D, vec);
         mg_cp_async_commit();
         gemm_pv<TM, TD, BC, LDS_, LDK>(acc, dSs + rg * LDS_, Ks + 4 * cg);
         __syncthreads();                            // Ks, dSs free
-        if (kt + 1 < nkt) mg_load_rows_f32<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
+        if (kt + 1 < nkt) mg_load_rows<BC, DP, LDK, NT>(Ks, k, k0 + BC, S, D, vec);
         mg_cp_async_commit();
     }
     mg_cp_async_wait<0>();
@@ -561,11 +561,11 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
             dv[i][jj] = make_float4(0.f, 0.f, 0.f, 0.f);
         }
 
-    mg_load_rows_f32<BCK, DP, LDX, NT>(Ks, k, k0, S, D, vec);
-    mg_load_rows_f32<BCK, DP, LDX, NT>(Vs, v, k0, S, D, vec);
-    mg_load_rows_f32<BRQ, DP, LDX, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
+    mg_load_rows<BCK, DP, LDX, NT>(Ks, k, k0, S, D, vec);
+    mg_load_rows<BCK, DP, LDX, NT>(Vs, v, k0, S, D, vec);
+    mg_load_rows<BRQ, DP, LDX, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
     mg_cp_async_commit();
-    mg_load_rows_f32<BRQ, DP, LDX, NT>(Qs, q, qt0 * BRQ, S, D, vec);
+    mg_load_rows<BRQ, DP, LDX, NT>(Qs, q, qt0 * BRQ, S, D, vec);
     mg_cp_async_commit();
 
     for (int qt = qt0; qt < nqt; ++qt) {
@@ -613,11 +613,11 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         __syncthreads();                            // PT, dST visible
         gemm_pv<KM, TD, BRQ, LDT, LDX>(dv, PT + rg * LDT, dOs + 4 * cg);
         __syncthreads();                            // dOs free
-        if (qt + 1 < nqt) mg_load_rows_f32<BRQ, DP, LDX, NT>(dOs, dout, r0 + BRQ, S, D, vec);
+        if (qt + 1 < nqt) mg_load_rows<BRQ, DP, LDX, NT>(dOs, dout, r0 + BRQ, S, D, vec);
         mg_cp_async_commit();
         gemm_pv<KM, TD, BRQ, LDT, LDX>(dk, dST + rg * LDT, Qs + 4 * cg);
         __syncthreads();                            // Qs, PT, dST free
-        if (qt + 1 < nqt) mg_load_rows_f32<BRQ, DP, LDX, NT>(Qs, q, r0 + BRQ, S, D, vec);
+        if (qt + 1 < nqt) mg_load_rows<BRQ, DP, LDX, NT>(Qs, q, r0 + BRQ, S, D, vec);
         mg_cp_async_commit();
     }
     mg_cp_async_wait<0>();

@@ -377,9 +377,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m_lo = -inf(), m_hi = -inf(), l_lo = 0.f, l_hi = 0.f;
 
-    mg_load_rows_f32<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
-    mg_load_rows_f32<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    if (PV) mg_load_rows_f32<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
+    if (PV) mg_load_rows<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -387,8 +387,8 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         mg_cp_async_wait<0>();
         __syncthreads();                             // tile kt visible; tile kt-1's buffers free
         if (kt + 1 < nkt) {
-            mg_load_rows_f32<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
-            if (PV) mg_load_rows_f32<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
+            mg_load_rows<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
+            if (PV) mg_load_rows<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
         if (CAUSAL && k0 > q0 + wbase + 23) continue;   // every key above every row of this warp
@@ -502,10 +502,10 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
-    mg_load_rows_f32<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
-    mg_load_rows_f32<BR, DP, LD, NT>(dOs, dout, q0, S, D, vec);
-    mg_load_rows_f32<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    mg_load_rows_f32<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
+    mg_load_rows<BR, DP, LD, NT>(dOs, dout, q0, S, D, vec);
+    mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
+    mg_load_rows<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -513,8 +513,8 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         mg_cp_async_wait<0>();
         __syncthreads();
         if (kt + 1 < nkt) {
-            mg_load_rows_f32<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
-            mg_load_rows_f32<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
+            mg_load_rows<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
+            mg_load_rows<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
         }
         mg_cp_async_commit();
         if (CAUSAL && k0 > q0 + wbase + 23) continue;
@@ -591,11 +591,11 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
     }
 
-    mg_load_rows_f32<BCK, DP, LD, NT>(Ks, k, k0, S, D, vec);
-    mg_load_rows_f32<BCK, DP, LD, NT>(Vs, v, k0, S, D, vec);
+    mg_load_rows<BCK, DP, LD, NT>(Ks, k, k0, S, D, vec);
+    mg_load_rows<BCK, DP, LD, NT>(Vs, v, k0, S, D, vec);
     if (qt0 < nqt) {
-        mg_load_rows_f32<BRQ, DP, LD, NT>(Qs, q, qt0 * BRQ, S, D, vec);
-        mg_load_rows_f32<BRQ, DP, LD, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
+        mg_load_rows<BRQ, DP, LD, NT>(Qs, q, qt0 * BRQ, S, D, vec);
+        mg_load_rows<BRQ, DP, LD, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
         load_vec(Ls, lse, qt0 * BRQ, S, BRQ, 0);
         load_vec(Ds, ddp, qt0 * BRQ, S, BRQ, BRQ);
     }
@@ -607,8 +607,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         __syncthreads();
         if (qt + 1 < nqt) {
             const int nb = buf ^ 1;
-            mg_load_rows_f32<BRQ, DP, LD, NT>(Qs + nb * BRQ * LD, q, r0 + BRQ, S, D, vec);
-            mg_load_rows_f32<BRQ, DP, LD, NT>(dOs + nb * BRQ * LD, dout, r0 + BRQ, S, D, vec);
+            mg_load_rows<BRQ, DP, LD, NT>(Qs + nb * BRQ * LD, q, r0 + BRQ, S, D, vec);
+            mg_load_rows<BRQ, DP, LD, NT>(dOs + nb * BRQ * LD, dout, r0 + BRQ, S, D, vec);
             load_vec(Ls + nb * BRQ, lse, r0 + BRQ, S, BRQ, 0);
             load_vec(Ds + nb * BRQ, ddp, r0 + BRQ, S, BRQ, BRQ);
         }
