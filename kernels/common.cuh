@@ -81,6 +81,34 @@ __device__ __forceinline__ void mg_store2(unsigned short* row, int col, int N, b
     }
 }
 
+// The ldmatrix fragments of one k step of a warp's 64 x 64 mma.sync tile (f16 / bf16
+// m16n8k16 or s8 m16n8k32: 32 bytes of K per step). A: 4 m16 tiles, rows m0 + 16 i.. of
+// sA; B: 8 n8 tiles, rows n0 + 8 j.. of sB; both tiles row-major with K contiguous, rows
+// `ld` elements of T apart; k = the step's first element along K. Matrices of one x4:
+// A rows 0-7 | 8-15 x bytes 0-15 | 16-31 (a0..a3); B (n 0-7, k bytes 0-15), (n 0-7,
+// 16-31), (n 8-15, 0-15), (n 8-15, 16-31).
+template <class T>
+__device__ __forceinline__ void mg_warp_frags64(unsigned (&a)[4][4], unsigned (&b)[8][2],
+                                                const T* sA, const T* sB, int ld, int m0,
+                                                int n0, int k, int lane) {
+    constexpr int C = 16 / (int)sizeof(T);     // elements in 16 bytes
+    const int mi = lane >> 3, r8 = lane & 7;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+        mg_ldmatrix_x4(a[i],
+                       mg_smem_addr(sA + (m0 + i * 16 + (lane & 15)) * ld + k + (lane >> 4) * C));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        unsigned t[4];
+        mg_ldmatrix_x4(t, mg_smem_addr(sB + (n0 + j * 16 + (mi >> 1) * 8 + r8) * ld + k +
+                                       (mi & 1) * C));
+        b[2 * j][0] = t[0];
+        b[2 * j][1] = t[1];
+        b[2 * j + 1][0] = t[2];
+        b[2 * j + 1][1] = t[3];
+    }
+}
+
 // ---- small f32 helpers of the attention kernels (attention_tc.cu, flash_attention*.cu) ----
 // 2^x by the hardware (ex2.approx, relative error ~2^-22; flushes subnormals).
 __device__ __forceinline__ float mg_ex2(float x) {

@@ -133,24 +133,10 @@ __device__ __forceinline__ void load_tile(u8* sm, const i8* g, long long ld, int
 // One K tile (64 bytes = 2 k32 steps) of mma work for this warp's 64 x 64 tile.
 __device__ __forceinline__ void mma_tile(const u8* sA, const u8* sB, int (&acc)[4][8][4], int wm,
                                          int wn, int lane) {
-    const int mi = lane >> 3, r8 = lane & 7;
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 32) {
         unsigned a[4][4], b[8][2];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)   // matrices: rows 0-7|8-15 x bytes 0-15|16-31 = a0..a3
-            mg_ldmatrix_x4(a[i], mg_smem_addr(sA + (wm * 64 + i * 16 + (lane & 15)) * LDS + ks +
-                                       (lane >> 4) * 16));
-#pragma unroll
-        for (int j = 0; j < 4; ++j) { // matrices: (n 0-7, k 0-15), (n 0-7, k 16-31), (n 8-15, ..)
-            unsigned t[4];
-            mg_ldmatrix_x4(t, mg_smem_addr(sB + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * LDS + ks +
-                                    (mi & 1) * 16));
-            b[2 * j][0] = t[0];
-            b[2 * j][1] = t[1];
-            b[2 * j + 1][0] = t[2];
-            b[2 * j + 1][1] = t[3];
-        }
+        mg_warp_frags64(a, b, sA, sB, LDS, wm * 64, wn * 64, ks, lane);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll

@@ -419,24 +419,10 @@ __device__ __forceinline__ void gm_dequant(const unsigned char* st, u16* wdq, un
 // One K tile (2 k16 steps) of mma for this warp's 64 x 64 tile: A = x [m][k], B = wdq [n][k].
 __device__ __forceinline__ void gm_mma(const u16* xs, const u16* ws, float (&acc)[4][8][4], int wm,
                                        int wn, int lane) {
-    const int mi = lane >> 3, r8 = lane & 7;
 #pragma unroll
     for (int ks = 0; ks < GM_BK; ks += 16) {
         unsigned a[4][4], b[8][2];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            mg_ldmatrix_x4(a[i], mg_smem_addr(xs + (wm * 64 + i * 16 + (lane & 15)) * GM_LD + ks +
-                                       (lane >> 4) * 8));
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            unsigned t[4];
-            mg_ldmatrix_x4(t, mg_smem_addr(ws + (wn * 64 + j * 16 + (mi >> 1) * 8 + r8) * GM_LD + ks +
-                                    (mi & 1) * 8));
-            b[2 * j][0] = t[0];
-            b[2 * j][1] = t[1];
-            b[2 * j + 1][0] = t[2];
-            b[2 * j + 1][1] = t[3];
-        }
+        mg_warp_frags64(a, b, xs, ws, GM_LD, wm * 64, wn * 64, ks, lane);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
