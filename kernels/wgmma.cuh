@@ -4,8 +4,8 @@
 // generic-proxy shared-memory writes visible to it, the shared-memory matrix descriptor
 // and the m64nNk16 (f16, bf16 -> f32) and m64n256k32 (s8 -> s32) instructions.
 //
-// Everything here compiles only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); an including file
-// built for another arch sees nothing, like the wgmma kernels it guards the same way.
+// Everything here exists only when compiling for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL): a file
+// built for another arch sees none of it, and guards its own wgmma kernels the same way.
 #pragma once
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -29,7 +29,7 @@ template <int N> __device__ __forceinline__ void mg_wgmma_wait() {
 __device__ __forceinline__ void mg_fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// Keeps the compiler from moving accesses to an accumulator array across wgmma
+// Keeps the compiler from moving accesses to an f32 accumulator array across wgmma
 // instructions (which read and write it asynchronously).
 template <int N, class T> __device__ __forceinline__ void mg_reg_fence(T (&r)[N]) {
 #pragma unroll
