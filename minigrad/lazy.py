@@ -195,16 +195,29 @@ def _run(lb: LazyBuffer):
 
 def _eager_order(roots):
     """The schedule of one op whose inputs are realized or are unrealized constants
-    (eager-style use: no graph walk, nothing to fuse), else None."""
-    if len(roots) != 1 or roots[0].realized is not None:
+    (eager-style use: no graph walk, nothing to fuse), else None. The op may be a
+    multi-output one: then the roots are its "select" outputs (all unrealized)."""
+    if not roots or roots[0].realized is not None:
+        return None
+    head = roots[0]
+    if head.op == "select":             # mg.realize(*outputs of one kernel)
+        roots = list({id(r): r for r in roots}.values())     # each output once
+        head = head.srcs[0]
+        if head.realized is not None or any(
+                r.op != "select" or r.realized is not None or r.srcs[0] is not head
+                for r in roots):
+            return None
+    elif len(roots) != 1:
         return None
     order = []
-    for s in roots[0].srcs:
+    for s in head.srcs:
         if s.realized is None:
             if s.srcs:
                 return None
             order.append(s)
-    order.append(roots[0])
+    order.append(head)
+    if head is not roots[0]:
+        order += roots
     return order
 
 

@@ -236,3 +236,37 @@ def test_forward_graph_without_backward_freed_by_refcount(device, name):
         assert not alive, f"still alive without gc: {alive}"
     finally:
         gc.enable()
+
+
+def _qkv_inputs(device, rng):
+    x = rng.standard_normal((5, 64)).astype(np.float16)
+    ws = [rng.integers(-127, 128, (64, 24), dtype=np.int8) for _ in range(3)]
+    return Tensor(x, device=device), [Tensor(w, device=device) for w in ws]
+
+
+def test_realizing_the_outputs_of_one_kernel_together(device, monkeypatch):
+    """mg.realize(*outputs) of a multi-output op (its "select" nodes) runs that op once
+    without a graph walk, as one output's realize() does; repeated outputs, outputs left
+    for later and outputs realized one by one give the same values."""
+    rng = np.random.default_rng(0)
+    x, ws = _qkv_inputs(device, rng)
+    want = [o.numpy() for o in mg.ops.qkv_project_int8(x, *ws, 0.01, 0.02, 0.03)]
+    from minigrad import lazy
+    walks = []
+    real_schedule = lazy.schedule
+    monkeypatch.setattr(lazy, "schedule", lambda roots: walks.append(1) or real_schedule(roots))
+    q, k, v = mg.ops.qkv_project_int8(x, *ws, 0.01, 0.02, 0.03)
+    mg.realize(q, k, q, v)                          # q twice: run once
+    assert walks == []
+    for got, w in zip((q, k, v), want):
+        np.testing.assert_array_equal(got.numpy(), w)
+    q, k, v = mg.ops.qkv_project_int8(x, *ws, 0.01, 0.02, 0.03)
+    mg.realize(q)                                   # one output first, the others later
+    mg.realize(k, v)
+    for got, w in zip((q, k, v), want):
+        np.testing.assert_array_equal(got.numpy(), w)
+    q, k, v = mg.ops.qkv_project_int8(x, *ws, 0.01, 0.02, 0.03)
+    mg.realize(q, k * 2)                            # not all selects: the general path
+    assert walks
+    np.testing.assert_array_equal(q.numpy(), want[0])
+    np.testing.assert_array_equal(k.numpy(), want[1])
