@@ -34,8 +34,9 @@
 //
 // LAYOUT: q, k, v, o, dO, dQ, dK, dV f32 [B, S, D] contiguous; L, Dd f32 [B, S]; 1 <= D <= 128.
 //   Kernels are templated on DP in {32, 64, 128} (smallest DP >= D; columns D..DP-1 zero-filled
-//   in shared memory, never stored).  16-byte cp.async / float4 stores when D % 4 == 0 and the
-//   pointers are 16-byte aligned, else 4-byte cp.async / scalar stores (any D).
+//   in shared memory, never stored).  Tiles in the row layout load by 16-byte cp.async when
+//   D % 4 == 0 and the pointers are 16-byte aligned, else by 4-byte cp.async; the interleaved
+//   tiles (below) always by 4-byte cp.async.  float4 stores under the same rule, else scalar.
 //
 // ENTRY POINTS (extern "C"; X = d32 | d64 | d128; W = w4 | w8 (warps per block; d128: w8
 // only); C = "" | "_causal"; argument formats as flash_attention.cu's kernels of the same role)
@@ -86,9 +87,16 @@
 //     the b values of four n-tiles, and a thread stores float4s at d = 32G + 4t and 32G + 16 + 4t.
 //   * Row operands: warp w's 16 rows are base_w + rho(g) (m = g) and base_w + rho(g) + 16
 //     (m = g + 8) with base_w = 32 (w/2) + 8 (w%2) (fwd, dq), or keys 16w + rho(g) and + 8
-//     (dkdv).  With the row stride DP + 4 floats every 16-byte shared load of a warp is
-//     conflict-free (each quarter-warp touches 8 distinct 16-byte bank groups), and a thread's
-//     two rows i, i+16 are the pair of one Philox call of the dropout mask.
+//     (dkdv).  A thread's two rows i, i+16 are the pair of one Philox call of the dropout mask.
+//   * Shared layouts ("tile products" below): the row layout (stride DP + 4 floats) for B of the
+//     row.row products, and two element-interleaved layouts - row pairs for their A operands
+//     (Q, dO, K, V where resident), key pairs for V in the forward's P.V - in which one 16-byte
+//     load is a fragment in the register order of the MMA, so no register copies build
+//     fragments.  Every 16-byte shared load of a warp is conflict-free (each quarter-warp
+//     touches 8 distinct 16-byte bank groups).  The interleaved layouts took the d = 128
+//     kernels from 5576 to 4488 (fwd), 4640 to 4208 (dq), 5856 to 5448 (dkdv) SASS
+//     instructions (whole kernel, nvcc 13.0 sm_90) and fwd+bwd 7-10 % faster
+//     (benchmarks/notes_attention.md, "Interleaved shared layouts").
 //   fwd  : a block owns 16*NW query rows (Q resident in shared memory); K/V tiles of BC keys are
 //          double-buffered with cp.async (tile j+1 loads while tile j computes; one barrier per
 //          tile).  Per tile: S = Q.K^T, masks, online softmax (running max m and sum l per row,
@@ -167,26 +175,41 @@ __device__ __forceinline__ void mma3(float (&c)[4], const FragA& a, float b0, fl
 }
 
 // --------------------------------------------------------------------- tile products --
+// Shared layouts of the operand tiles.  Row layout (K in fwd, K/V in dq, Q/dO in dkdv): row r
+// at r * LD, LD = DP + 4 floats.  Two interleaved layouts put each fragment's values where one
+// 16-byte load gives them in the register order mma.sync wants, so that no register copies
+// assemble fragments (they were ~1/4 of the instructions of the d = 128 kernels):
+//   row pairs (the A operand of gemm_rr: Q in fwd, Q and dO in dq, K and V in dkdv; loaded
+//     once per block by load_pairs<RowPairs>): the two rows of a warp's fragment row g (m = g and
+//     m = g + 8) share pair row 8w + g, element d of the first at 2d, of the second at 2d + 1;
+//     pair stride LDA = 2 DP + 4 floats (consecutive pair rows 4 banks apart: conflict-free).
+//   key pairs (the B operand of gemm_pm in fwd: V; load_pairs<KeyPairs>): keys 8j + u and 8j + u + 4
+//     (u < 4) share pair row 4j + u, interleaved the same way; pair stride LDV = 2 DP + 8
+//     floats; 16-byte chunk c of a pair row is stored at c ^ bit3(c) (in the second half of
+//     every 256-byte group neighbours swap), which makes the loads conflict-free.
+template <int DP> __host__ __device__ constexpr int lda_pairs() { return 2 * DP + 4; }
+template <int DP> __host__ __device__ constexpr int ldv_pairs() { return 2 * DP + 8; }
+
 // "row . row": acc[j] (16 x 8) = A[16 rows, 0:16*nch] . B[keys 8j + rho(n), 0:16*nch]^T.
-// Alo / Ahi: shared rows of m = g / m = g + 8 (already offset); Bt: shared tile base (row 0);
-// rows of stride LD floats.  Chunks c >= nch (all-zero padding) are skipped.  FRESH: each
-// 16-wide chunk is summed by the tensor core into fresh registers and added to acc with an f32
-// add (the tensor core's own accumulation truncates, so its chains are kept to 6 MMAs); else
-// the whole product is one tensor-core chain (3 D/8 MMAs; fewer registers).
+// Ap: this thread's pair row of the A tile (row pairs); Bt: shared tile base (row 0) in the row
+// layout, stride LD.  Chunks c >= nch (all-zero padding) are skipped.  FRESH: each 16-wide
+// chunk is summed by the tensor core into fresh registers and added to acc with an f32 add (the
+// tensor core's own accumulation truncates, so its chains are kept to 6 MMAs); else the whole
+// product is one tensor-core chain (3 D/8 MMAs; fewer registers).
 template <int NJ, int DP, int LD, bool FRESH = true>
-__device__ __forceinline__ void gemm_rr(float (&acc)[NJ][4], const float* Alo, const float* Ahi,
-                                        const float* Bt, int g, int t, int nch) {
-    const float* ap = Alo + 4 * t;
-    const float* aq = Ahi + 4 * t;
+__device__ __forceinline__ void gemm_rr(float (&acc)[NJ][4], const float* Ap, const float* Bt,
+                                        int g, int t, int nch) {
+    const float* ap = Ap + 8 * t;
     const float* bp = Bt + rho(g) * LD + 4 * t;
 #pragma unroll
     for (int c = 0; c < DP / 16; ++c) {
         if (c == 0 || c < nch) {                     // nch >= 1
-            const float4 x = *reinterpret_cast<const float4*>(ap + 16 * c);
-            const float4 y = *reinterpret_cast<const float4*>(aq + 16 * c);
+            // d = 16c + 4t .. 16c + 4t + 3 of rows m = g, g + 8, interleaved
+            const float4 x = *reinterpret_cast<const float4*>(ap + 32 * c);
+            const float4 y = *reinterpret_cast<const float4*>(ap + 32 * c + 4);
             FragA a0, a1;
-            make_a(a0, x.x, y.x, x.y, y.y);     // k-step 0: d = 4t (k=t), 4t+1 (k=t+4)
-            make_a(a1, x.z, y.z, x.w, y.w);     // k-step 1: d = 4t+2, 4t+3
+            make_a(a0, x.x, x.y, x.z, x.w);     // k-step 0: d = 4t (k=t), 4t+1 (k=t+4)
+            make_a(a1, y.x, y.y, y.z, y.w);     // k-step 1: d = 4t+2, 4t+3
 #pragma unroll
             for (int j = 0; j < NJ; ++j) {
                 const float4 bv = *reinterpret_cast<const float4*>(bp + 8 * j * LD + 16 * c);
@@ -209,15 +232,21 @@ __device__ __forceinline__ void gemm_rr(float (&acc)[NJ][4], const float* Alo, c
 // "P . M": acc[jo] (16 x 8, output columns d = 32(jo/4) + 4 rho(n) + jo%4) =
 //   acc[jo] * (alo | ahi for the rows m = g | g + 8) + P[16 rows, keys] . M[keys, d],
 //   P given as the C fragments p[j] of a score tile whose columns are keys 8j + t (c0, c2) and
-//   8j + t + 4 (c1, c3).  Mt: shared tile base (row = key 0), stride LD.  Output groups
-//   G >= ngr (columns >= 32 ngr, padding) are skipped.  The tile's product is summed by the
-//   tensor core into fresh registers (chains of 3 NJ MMAs) and folded into acc with an f32 FMA,
-//   so the long sum over all tiles rounds to nearest (the tensor core's accumulation truncates).
-template <int NJ, int DP, int LD>
+//   8j + t + 4 (c1, c3).  Mt: shared tile base, in the row layout (stride LD) or, with
+//   KEY_PAIRS, the key-pair layout.  Output groups G >= ngr (columns >= 32 ngr, padding) are
+//   skipped.  The tile's product is summed by the tensor core into fresh registers (chains of
+//   3 NJ MMAs) and folded into acc with an f32 FMA, so the long sum over all tiles rounds to
+//   nearest (the tensor core's accumulation truncates).
+template <int NJ, int DP, int LD, bool KEY_PAIRS = false>
 __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p)[NJ][4],
                                         const float* Mt, int g, int t, int ngr,
                                         float alo = 1.f, float ahi = 1.f) {
-    const float* mp = Mt + t * LD + 4 * rho(g);
+    constexpr int LDV = ldv_pairs<DP>();
+    // key pairs: keys 8j + t, 8j + t + 4 at pair row 4j + t; d = 32G + 4 rho(g) .. + 3 fill the
+    // 16-byte chunks 16G + 2 rho(g) and + 1, swapped when bit 3 is set (g odd)
+    const int sw = g & 1;
+    const float* mp = KEY_PAIRS ? Mt + t * LDV : Mt + t * LD + 4 * rho(g);
+    const int c0 = 4 * ((2 * rho(g)) ^ sw), c1 = 4 * ((2 * rho(g) + 1) ^ sw);
 #pragma unroll
     for (int G = 0; G < DP / 32; ++G) {
         if (G == 0 || G < ngr) {                     // ngr >= 1
@@ -228,10 +257,20 @@ __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p
             for (int j = 0; j < NJ; ++j) {
                 FragA a;
                 make_a(a, p[j][0], p[j][2], p[j][1], p[j][3]);
-                const float4 v0 = *reinterpret_cast<const float4*>(mp + 8 * j * LD + 32 * G);
-                const float4 v1 = *reinterpret_cast<const float4*>(mp + (8 * j + 4) * LD + 32 * G);
+                if (KEY_PAIRS) {   // (key 8j+t, key 8j+t+4) pairs of columns e = 0, 1 and 2, 3
+                    const float* row = mp + 4 * j * LDV + 64 * G;
+                    const float4 x = *reinterpret_cast<const float4*>(row + c0);
+                    const float4 y = *reinterpret_cast<const float4*>(row + c1);
+                    mma3(tmp[0], a, x.x, x.y);
+                    mma3(tmp[1], a, x.z, x.w);
+                    mma3(tmp[2], a, y.x, y.y);
+                    mma3(tmp[3], a, y.z, y.w);
+                } else {
+                    const float4 v0 = *reinterpret_cast<const float4*>(mp + 8 * j * LD + 32 * G);
+                    const float4 v1 = *reinterpret_cast<const float4*>(mp + (8 * j + 4) * LD + 32 * G);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mma3(tmp[e], a, mg_comp(v0, e), mg_comp(v1, e));
+                    for (int e = 0; e < 4; ++e) mma3(tmp[e], a, mg_comp(v0, e), mg_comp(v1, e));
+                }
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
@@ -239,6 +278,56 @@ __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p
                 o[0] = fmaf(o[0], alo, tmp[e][0]); o[1] = fmaf(o[1], alo, tmp[e][1]);
                 o[2] = fmaf(o[2], ahi, tmp[e][2]); o[3] = fmaf(o[3], ahi, tmp[e][3]);
             }
+        }
+    }
+}
+
+// Which matrix rows an interleaved tile holds: pair row P interleaves rows first(P) (even
+// words) and first(P) + SECOND (odd words), the tile's row 0 being row0 of the matrix.
+//   RowPairs<H> (A of gemm_rr): H = 16 in fwd/dq, where a warp's fragment rows are r and r + 16,
+//     H = 8 in dkdv (r and r + 8); first(P) = 2H (P / H) + 8 ((P % H) / 8) + rho(P % 8) puts
+//     fragment row g of warp w in pair row 8w + g.
+//   KeyPairs (B of gemm_pm): keys 8j + u and 8j + u + 4 (u < 4) in pair row 4j + u, 16-byte
+//     chunks swizzled as described above.
+template <int H> struct RowPairs {
+    static constexpr int SECOND = H;
+    static constexpr bool SWIZZLE = false;
+    __host__ __device__ static constexpr int first(int P) {
+        return 2 * H * (P / H) + 8 * ((P % H) / 8) + ((P % 8) >> 1) + ((P & 1) << 2);
+    }
+};
+struct KeyPairs {
+    static constexpr int SECOND = 4;
+    static constexpr bool SWIZZLE = true;
+    __host__ __device__ static constexpr int first(int P) { return 8 * (P >> 2) + (P & 3); }
+};
+
+// Pair rows [0, NP) of an interleaved tile (pair stride LDX floats) from the [nrows, D] matrix
+// gm, its row 0 = matrix row row0; zeros past nrows and D.  A thread keeps one interleaved
+// column w2 = 2d + h (consecutive threads write consecutive words) and steps down the pair
+// rows from p0 = tid / 2DP by NT / 2DP: both maps then satisfy first(p0 + m) = first(p0) +
+// first(m), so every source address is an immediate offset from one pointer.  4-byte cp.async.
+template <class Map, int NP, int DP, int LDX, int NT>
+__device__ __forceinline__ void load_pairs(float* sm, const float* gm, int row0, int nrows, int D) {
+    constexpr int PSTEP = NT / (2 * DP);
+    static_assert(NT % (2 * DP) == 0 && (PSTEP == 1 || PSTEP == 2 || PSTEP == 4) && NP % 4 == 0,
+                  "a thread keeps its column; pair rows step by 1, 2 or 4");
+    const int w2 = (int)threadIdx.x % (2 * DP), d = w2 >> 1, h = w2 & 1;
+    const int p0 = (int)threadIdx.x / (2 * DP);
+    const int c = w2 >> 2;
+    const int col = Map::SWIZZLE ? ((c ^ ((c >> 3) & 1)) << 2) | (w2 & 3) : w2;
+    const int r0 = row0 + Map::first(p0) + Map::SECOND * h;       // the row of pair row p0
+    const unsigned dst = mg_smem_addr(sm + p0 * LDX + col);
+    const float* src = gm + (size_t)r0 * D + d;
+    if (row0 + 2 * NP <= nrows && d < D) {           // the tile's 2 NP rows all inside
+#pragma unroll
+        for (int m = 0; m < NP; m += PSTEP)
+            mg_cp_async4(dst + 4 * m * LDX, src + (size_t)Map::first(m) * D, 4);
+    } else {                                         // the last tile, or D < DP
+#pragma unroll 1
+        for (int m = 0; m < NP; m += PSTEP) {
+            const bool ok = r0 + Map::first(m) < nrows && d < D;
+            mg_cp_async4(dst + 4 * m * LDX, ok ? src + (size_t)Map::first(m) * D : gm, ok ? 4 : 0);
         }
     }
 }
@@ -351,6 +440,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     static_assert(PV || !DROP, "dropout needs the P.V product");
     constexpr int BC = FWD_BC;
     constexpr int BR = 16 * NW, NT = 32 * NW, LD = DP + 4, NJ = BC / 8, NO = DP / 8;
+    constexpr int LDA = lda_pairs<DP>(), LDV = ldv_pairs<DP>();   // the interleaved tiles
     extern __shared__ float4 fa3_smem[];
     float* Qs = reinterpret_cast<float*>(fa3_smem);
     float* Ks = Qs + BR * LD;                        // [2][BC][LD]
@@ -377,9 +467,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m_lo = -inf(), m_hi = -inf(), l_lo = 0.f, l_hi = 0.f;
 
-    mg_load_rows<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
+    load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(Qs, q, q0, S, D);
     mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    if (PV) mg_load_rows<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    if (PV) load_pairs<KeyPairs, BC / 2, DP, LDV, NT>(Vs, v, 0, S, D);
     mg_cp_async_commit();
 
     for (int kt = 0; kt < nkt; ++kt) {
@@ -388,7 +478,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         __syncthreads();                             // tile kt visible; tile kt-1's buffers free
         if (kt + 1 < nkt) {
             mg_load_rows<BC, DP, LD, NT>(Ks + (buf ^ 1) * BC * LD, k, k0 + BC, S, D, vec);
-            if (PV) mg_load_rows<BC, DP, LD, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D, vec);
+            if (PV) load_pairs<KeyPairs, BC / 2, DP, LDV, NT>(Vs + (buf ^ 1) * BC * LD, v, k0 + BC, S, D);
         }
         mg_cp_async_commit();
         if (CAUSAL && k0 > q0 + wbase + 23) continue;   // every key above every row of this warp
@@ -396,7 +486,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
         float s[NJ][4];
 #pragma unroll
         for (int j = 0; j < NJ; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-        gemm_rr<NJ, DP, LD>(s, Qs + rlo * LD, Qs + rhi * LD, Ks + buf * BC * LD, g, t, nch);
+        gemm_rr<NJ, DP, LD>(s, Qs + (8 * w + g) * LDA, Ks + buf * BC * LD, g, t, nch);
 
         if (k0 + BC > S || (CAUSAL && k0 + BC - 1 > q0 + wbase)) {
 #pragma unroll
@@ -443,7 +533,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
                     for (int e = 0; e < 4; ++e)
                         if (!((keep >> (4 * j + e)) & 1u)) s[j][e] = 0.f;
             }
-            gemm_pm<NJ, DP, LD>(o, s, Vs + buf * BC * LD, g, t, ngr, al_lo, al_hi);   // O = O alpha + P.V
+            gemm_pm<NJ, DP, LD, true>(o, s, Vs + buf * BC * LD, g, t, ngr, al_lo, al_hi);   // O = O alpha + P.V
         }
     }
     mg_cp_async_wait<0>();
@@ -472,6 +562,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
                                        const DropArgs& drop = DropArgs{}) {
     constexpr int BC = BCQ<DP>();
     constexpr int BR = 16 * NW, NT = 32 * NW, LD = DP + 4, NJ = BC / 8, NO = DP / 8;
+    constexpr int LDA = lda_pairs<DP>();   // the row-pair A tiles
     extern __shared__ float4 fa3_smem[];
     float* Qs = reinterpret_cast<float*>(fa3_smem);
     float* dOs = Qs + BR * LD;
@@ -502,8 +593,8 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 #pragma unroll
     for (int i = 0; i < NO; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
 
-    mg_load_rows<BR, DP, LD, NT>(Qs, q, q0, S, D, vec);
-    mg_load_rows<BR, DP, LD, NT>(dOs, dout, q0, S, D, vec);
+    load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(Qs, q, q0, S, D);
+    load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(dOs, dout, q0, S, D);
     mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
     mg_load_rows<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
     mg_cp_async_commit();
@@ -525,8 +616,8 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
             dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
         }
-        gemm_rr<NJ, DP, LD>(dp, dOs + rlo * LD, dOs + rhi * LD, Vs + buf * BC * LD, g, t, nch);
-        gemm_rr<NJ, DP, LD>(s, Qs + rlo * LD, Qs + rhi * LD, Ks + buf * BC * LD, g, t, nch);
+        gemm_rr<NJ, DP, LD>(dp, dOs + (8 * w + g) * LDA, Vs + buf * BC * LD, g, t, nch);
+        gemm_rr<NJ, DP, LD>(s, Qs + (8 * w + g) * LDA, Ks + buf * BC * LD, g, t, nch);
         const bool mask = k0 + BC > S || (CAUSAL && k0 + BC - 1 > q0 + wbase);
         const unsigned keep = DROP ? keep_q<NJ>(drop, b, q0 + rlo, k0, t) : 0u;
 #pragma unroll
@@ -560,6 +651,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
                                          const DropArgs& drop = DropArgs{}) {
     constexpr int BRQ = fa3::BRQ<DP>();
     constexpr int BCK = 16 * NW, NT = 32 * NW, LD = DP + 4, NJ = BRQ / 8, NO = DP / 8;
+    constexpr int LDA = lda_pairs<DP>();   // the row-pair A tiles
     static_assert(BRQ % 32 == 0 && NT >= 2 * BRQ, "query tiles of whole 32-row groups; L, D loaders");
     extern __shared__ float4 fa3_smem[];
     float* Ks = reinterpret_cast<float*>(fa3_smem);
@@ -591,8 +683,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
         dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
     }
 
-    mg_load_rows<BCK, DP, LD, NT>(Ks, k, k0, S, D, vec);
-    mg_load_rows<BCK, DP, LD, NT>(Vs, v, k0, S, D, vec);
+    load_pairs<RowPairs<8>, BCK / 2, DP, LDA, NT>(Ks, k, k0, S, D);
+    load_pairs<RowPairs<8>, BCK / 2, DP, LDA, NT>(Vs, v, k0, S, D);
     if (qt0 < nqt) {
         mg_load_rows<BRQ, DP, LD, NT>(Qs, q, qt0 * BRQ, S, D, vec);
         mg_load_rows<BRQ, DP, LD, NT>(dOs, dout, qt0 * BRQ, S, D, vec);
@@ -623,8 +715,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
             st[j][0] = st[j][1] = st[j][2] = st[j][3] = 0.f;
             dpt[j][0] = dpt[j][1] = dpt[j][2] = dpt[j][3] = 0.f;
         }
-        gemm_rr<NJ, DP, LD>(st, Ks + klo * LD, Ks + khi * LD, qs, g, t, nch);     // S^T = K.Q^T
-        gemm_rr<NJ, DP, LD>(dpt, Vs + klo * LD, Vs + khi * LD, dos, g, t, nch);   // dP^T = V.dO^T
+        gemm_rr<NJ, DP, LD>(st, Ks + (8 * w + g) * LDA, qs, g, t, nch);     // S^T = K.Q^T
+        gemm_rr<NJ, DP, LD>(dpt, Vs + (8 * w + g) * LDA, dos, g, t, nch);   // dP^T = V.dO^T
         const bool mask = r0 + BRQ > S || (CAUSAL && r0 < k0 + 16 * w + 15);
         const unsigned keep = DROP ? keep_k<NJ>(drop, b, k0 + klo, r0, t) : 0u;
         const float* ls = Ls + buf * BRQ;
