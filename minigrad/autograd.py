@@ -87,6 +87,14 @@ class Function:
         outs = out if isinstance(out, tuple) else (out,)
         ctx.n_outputs = len(outs)
         for i, o in enumerate(outs):
+            for a in args:
+                if o is a:
+                    # forward returned an input as it is (x.float() of a float32 x, a
+                    # reshape to the same shape): the output gets a Tensor of its own, as
+                    # in PyTorch, so the input keeps its place (a leaf stays a leaf)
+                    o = o._from_lazy(o.lazydata)
+                    out = o if not isinstance(out, tuple) else out[:i] + (o,) + out[i + 1:]
+                    break
             if o.dtype.is_float:
                 o.requires_grad, o._ctx, o._out_index = True, ctx, i
         return out

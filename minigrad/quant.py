@@ -79,6 +79,12 @@ def dequantize_int4(packed, scales, group_size=128):
     p = packed.numpy() if isinstance(packed, Tensor) else np.asarray(packed, np.uint32)
     s = scales.numpy() if isinstance(scales, Tensor) else np.asarray(scales, np.float16)
     k = p.shape[1] * 8
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"dequantize_int4: group_size must be one of {INT4_GROUP_SIZES}, "
+                         f"got {group_size}")
+    if k % group_size:
+        raise ValueError(f"dequantize_int4: K={k} (packed {p.shape}) must be a multiple of "
+                         f"group_size={group_size}")
     if s.shape != (k // group_size, p.shape[0]):
         raise ValueError(f"dequantize_int4: scales must be [K//group_size, N] = "
                          f"[{k // group_size}, {p.shape[0]}], got {s.shape}")

@@ -269,16 +269,20 @@ class Tensor:
         self.lazydata = (x.cast(self.dtype) if x.dtype != self.dtype else x).lazydata
         return self
 
-    def to(self, arg) -> "Tensor":
-        """`.to("cuda")`, `.to("cpu")` or `.to(mg.float16)`."""
-        try:
-            return self.cast(to_dtype(arg))
-        except TypeError:
-            pass
-        device = canonical(arg)
-        if device == self.device:
-            return self
-        return _Transfer.apply(self, device)
+    def to(self, arg=None, *, device=None, dtype=None) -> "Tensor":
+        """`.to("cuda")`, `.to("cpu")` or `.to(mg.float16)`; also, as in PyTorch,
+        `.to(device=..., dtype=...)` (either or both)."""
+        if arg is not None:
+            try:
+                dtype, keyword = to_dtype(arg), dtype
+            except TypeError:
+                device, keyword = arg, device
+            if keyword is not None:
+                raise TypeError(f"to: {arg!r} given both positionally and by keyword")
+        out = self if dtype is None else self.cast(dtype)
+        if device is None or canonical(device) == out.device:
+            return out
+        return _Transfer.apply(out, canonical(device))
 
     def cast(self, dtype) -> "Tensor":
         dtype = to_dtype(dtype)
@@ -562,13 +566,18 @@ class Tensor:
         s, e = start % self.ndim, end % self.ndim
         return self.reshape(self.shape[:s] + (-1,) + self.shape[e + 1:])
 
-    def unsqueeze(self, dim) -> "Tensor":
+    def unsqueeze(self, d=None, *, dim=None) -> "Tensor":
+        """A new axis of size 1 at position d (`dim=` as in PyTorch)."""
+        dim = _dim_arg(d, dim, "unsqueeze", required=True)
         dim = dim if dim >= 0 else dim + self.ndim + 1
         if not 0 <= dim <= self.ndim:
             raise ValueError(f"unsqueeze: dim {dim} is out of range for shape {self.shape}")
         return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
 
-    def squeeze(self, dim=None) -> "Tensor":
+    def squeeze(self, d=None, *, dim=None) -> "Tensor":
+        """Drop axis d (an int or tuple) if its size is 1, or every size-1 axis when d is
+        None (`dim=` as in PyTorch)."""
+        dim = _dim_arg(d, dim, "squeeze")
         if dim is None:
             return self.reshape(tuple(s for s in self.shape if s != 1))
         axes = self._axes(dim, "squeeze")
@@ -805,9 +814,25 @@ class Tensor:
         keep = Tensor.rand(*self.shape, device=self.device) >= p
         return keep.where(self * (1 / (1 - p)), 0.0)
 
-    def embedding(self, idx) -> "Tensor":
-        """Rows of this weight matrix picked by integer `idx` (same as weight[idx])."""
-        return self._take(idx, 0)
+    def embedding(self, weight) -> "Tensor":
+        """Embedding lookup, weight[idx], either way round: `idx.embedding(weight)` (an
+        integer tensor called with a float table, the order of PyTorch's
+        F.embedding(idx, weight)) or `weight.embedding(idx)` (a table called with indices)."""
+        if not self.dtype.is_float:
+            table = weight if isinstance(weight, Tensor) else Tensor(weight, device=self.device)
+            if table.dtype.is_float:
+                return table._take(self, 0)
+        return self._take(weight, 0)
+
+
+def _dim_arg(d, dim, name, required=False):
+    """The axis of squeeze/unsqueeze, given as `d` (API.md's name) or `dim` (PyTorch's)."""
+    if d is not None and dim is not None:
+        raise TypeError(f"{name}: got both d={d} and dim={dim}; pass one")
+    d = dim if d is None else d
+    if required and d is None:
+        raise TypeError(f"{name}: missing the axis argument d (or dim)")
+    return d
 
 
 def _result_shape(shrunk_shape, index, is_array) -> tuple:

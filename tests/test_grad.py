@@ -101,6 +101,41 @@ def test_user_function_two_outputs(rng):
     check(lambda x: _SinCos.apply(x)[1] * 2, rng.standard_normal(5))
 
 
+class _PassThrough(Function):
+    """forward returns its input object itself (x.float() of a float32 x is x)."""
+    @staticmethod
+    def forward(ctx, x):
+        return x.float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+class _SecondOf(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return b
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g
+
+
+def test_user_function_returning_its_input_keeps_the_leaf():
+    x = Tensor([1.0, -2.0], requires_grad=True)
+    y = _PassThrough.apply(x)
+    assert y is not x and x.is_leaf and x._ctx is None and not y.is_leaf
+    np.testing.assert_array_equal(y.numpy(), [1.0, -2.0])
+    (y * 3).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [6.0, 6.0])
+    # an input that needs no gradient, returned as it is, is left alone as well
+    a, b = Tensor([1.0], requires_grad=True), Tensor([2.0])
+    out = _SecondOf.apply(a, b)
+    assert out is not b and out.requires_grad
+    assert b.is_leaf and b._ctx is None and not b.requires_grad
+
+
 def test_user_function_values():
     x = Tensor([1.0, 2.0, -3.0], requires_grad=True)
     y = _Cube.apply(x)

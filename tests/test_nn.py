@@ -201,6 +201,19 @@ def test_zero_grad_and_to():
         net.to("tpu")
 
 
+def test_module_to_keywords():
+    """`module.to(device=...)`, `.to(dtype=...)` and both at once, as in PyTorch."""
+    net = Net()
+    params = net.parameters()
+    assert net.to(device="cpu") is net and all(p.device == "cpu" for p in params)
+    assert net.to(dtype=mg.float16) is net and all(p.dtype == mg.float16 for p in params)
+    net.to(device="cpu", dtype=mg.float32)
+    assert all(p.dtype == mg.float32 and p.device == "cpu" for p in params)
+    assert all(p is q for p, q in zip(params, net.parameters()))
+    with pytest.raises(TypeError, match="positionally and by keyword"):
+        net.to(mg.float16, dtype=mg.float32)
+
+
 # -- layers ---------------------------------------------------------------------------
 
 def test_linear_matches_numpy_and_pytorch_layout():

@@ -232,6 +232,16 @@ def test_quantize_dequantize_error_bounds(rng):
     assert (np.abs(q4).reshape(K // G, G, N).max(axis=1) == 7).all()
 
 
+def test_dequantize_int4_checks_group_size(rng):
+    """A group size the packing could not have used is refused by name, not by a NumPy
+    broadcasting error (K = 128 with group_size=100 gives one group, like 128)."""
+    packed, scales = mg.quant.quantize_int4(rng.standard_normal((128, 8)).astype(f32))
+    for g in (100, 96, 256):
+        with pytest.raises(ValueError, match="dequantize_int4: .*group_size"):
+            mg.quant.dequantize_int4(packed, scales, group_size=g)
+    assert mg.quant.dequantize_int4(packed, scales).shape == (128, 8)
+
+
 def test_int4_packing_hand_computed(device):
     """Two output columns, K = 16: the words written out by hand (nibble k%8 of word
     k//8 holds q[k] in two's complement, nibble 0 in the lowest bits)."""

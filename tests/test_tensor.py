@@ -492,6 +492,20 @@ def test_embedding_gather(device, rng):
                                   .numpy(), w[idx])
 
 
+def test_embedding_called_on_the_indices(device, rng):
+    """API.md's `.embedding(weight)`: the index tensor called with the table, the order
+    of PyTorch's F.embedding(idx, weight); the gradient reaches the table."""
+    w = rng.standard_normal((10, 4)).astype(np.float32)
+    idx = rng.integers(0, 10, (2, 6))
+    tw = Tensor(w, device=device, requires_grad=True)
+    out = Tensor(idx, device=device).embedding(tw)
+    np.testing.assert_array_equal(out.numpy(), w[idx])
+    np.testing.assert_array_equal(Tensor(idx, device=device).embedding(weight=w).numpy(), w[idx])
+    out.sum().backward()
+    np.testing.assert_array_equal(tw.grad.numpy(), np.bincount(idx.ravel(), minlength=10)
+                                  [:, None].repeat(4, 1).astype(np.float32))
+
+
 # ---- matmul and nn functions -------------------------------------------------
 
 @pytest.mark.parametrize("sa,sb", [
@@ -847,6 +861,35 @@ def test_to_device_same_is_noop(device):
     t = Tensor([1.0, 2.0], device=device)
     assert t.to(device).device == device
     assert t.to("cpu").device == "cpu" and t.to("cpu").tolist() == [1.0, 2.0]
+
+
+def test_to_device_and_dtype_keywords(device):
+    """`.to(device=...)` and `.to(dtype=...)`, as a PyTorch user writes them."""
+    t = Tensor([1.5, 2.0], device=device)
+    assert t.to(device=device) is t and t.to(dtype=mg.float32) is t
+    h = t.to(dtype=mg.float16)
+    assert h.dtype is mg.float16 and h.device == device and h.tolist() == [1.5, 2.0]
+    c = t.to(device="cpu", dtype=mg.bfloat16)
+    assert c.dtype is mg.bfloat16 and c.device == "cpu" and c.tolist() == [1.5, 2.0]
+    assert t.to("cpu", dtype=mg.float16).dtype is mg.float16
+    assert t.to(mg.float16, device="cpu").device == "cpu"
+    with pytest.raises(TypeError, match="positionally and by keyword"):
+        t.to(mg.float16, dtype=mg.float32)
+    with pytest.raises(ValueError, match="not a device"):
+        t.to(device="tpu")
+
+
+def test_squeeze_unsqueeze_axis_keywords(device):
+    """API.md names the axis `d` (`.unsqueeze(d)`, `.squeeze(d=None)`); PyTorch's `dim=`
+    works too."""
+    t = Tensor.zeros(1, 3, 1, device=device)
+    assert t.squeeze(d=0).shape == (3, 1) and t.squeeze(dim=2).shape == (1, 3)
+    assert t.squeeze(d=(0, 2)).shape == (3,) and t.squeeze(d=None).shape == (3,)
+    assert t.unsqueeze(d=1).shape == (1, 1, 3, 1) and t.unsqueeze(dim=-1).shape == (1, 3, 1, 1)
+    with pytest.raises(TypeError, match="both"):
+        t.squeeze(0, dim=0)
+    with pytest.raises(TypeError, match="missing"):
+        t.unsqueeze()
 
 
 @pytest.mark.cuda

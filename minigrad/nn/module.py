@@ -164,14 +164,23 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def to(self, arg) -> "Module":
+    def to(self, arg=None, *, device=None, dtype=None) -> "Module":
         """Move every parameter and buffer to a device ("cpu", "cuda") or cast the float
         parameters to a dtype, keeping the same Tensor objects (an optimizer holding them
-        stays valid). Buffers keep their dtype."""
-        try:
-            dtype, device = to_dtype(arg), None
-        except TypeError:
-            dtype, device = None, canonical(arg)
+        stays valid). Buffers keep their dtype. As in PyTorch, `.to(device=..., dtype=...)`
+        (either or both) works too."""
+        if arg is not None:         # .to("cuda") or .to(mg.float16)
+            try:
+                dtype, keyword = to_dtype(arg), dtype
+            except TypeError:
+                device, keyword = arg, device
+            if keyword is not None:
+                raise TypeError(f"{type(self).__name__}.to: {arg!r} given both positionally "
+                                f"and by keyword")
+        if device is not None and dtype is not None:
+            return self.to(device).to(dtype)
+        dtype = None if dtype is None else to_dtype(dtype)
+        device = None if device is None else canonical(device)
         with no_grad():
             if device is not None:
                 for b in self.buffers():
