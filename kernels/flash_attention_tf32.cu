@@ -143,7 +143,7 @@ __host__ __device__ constexpr int min_blocks(int smem, bool regfit) {
     return regfit && 2 * (smem + 1024) <= 233472 ? 2 : 1;
 }
 
-__device__ __forceinline__ int rho(int c) { return (c >> 1) + ((c & 1) << 2); }   // 0,4,1,5,2,6,3,7
+__host__ __device__ constexpr int rho(int c) { return (c >> 1) + ((c & 1) << 2); }   // 0,4,1,5,2,6,3,7
 
 // ------------------------------------------------------------------------------ 3xTF32 --
 // big = x with the low 13 bits cleared (TF32), small = x - big (exact; the MMA reads its
@@ -189,6 +189,8 @@ __device__ __forceinline__ void mma3(float (&c)[4], const FragA& a, float b0, fl
 //     every 256-byte group neighbours swap), which makes the loads conflict-free.
 template <int DP> __host__ __device__ constexpr int lda_pairs() { return 2 * DP + 4; }
 template <int DP> __host__ __device__ constexpr int ldv_pairs() { return 2 * DP + 8; }
+// the key-pair swizzle: 16-byte chunk c of a pair row is stored at chunk c ^ bit3(c)
+__host__ __device__ constexpr int key_pair_chunk(int c) { return c ^ ((c >> 3) & 1); }
 
 // "row . row": acc[j] (16 x 8) = A[16 rows, 0:16*nch] . B[keys 8j + rho(n), 0:16*nch]^T.
 // Ap: this thread's pair row of the A tile (row pairs); Bt: shared tile base (row 0) in the row
@@ -243,10 +245,9 @@ __device__ __forceinline__ void gemm_pm(float (&acc)[DP / 8][4], const float (&p
                                         float alo = 1.f, float ahi = 1.f) {
     constexpr int LDV = ldv_pairs<DP>();
     // key pairs: keys 8j + t, 8j + t + 4 at pair row 4j + t; d = 32G + 4 rho(g) .. + 3 fill the
-    // 16-byte chunks 16G + 2 rho(g) and + 1, swapped when bit 3 is set (g odd)
-    const int sw = g & 1;
+    // 16-byte chunks 16G + 2 rho(g) and + 1 (16G leaves the swizzle bit alone)
     const float* mp = KEY_PAIRS ? Mt + t * LDV : Mt + t * LD + 4 * rho(g);
-    const int c0 = 4 * ((2 * rho(g)) ^ sw), c1 = 4 * ((2 * rho(g) + 1) ^ sw);
+    const int c0 = 4 * key_pair_chunk(2 * rho(g)), c1 = 4 * key_pair_chunk(2 * rho(g) + 1);
 #pragma unroll
     for (int G = 0; G < DP / 32; ++G) {
         if (G == 0 || G < ngr) {                     // ngr >= 1
@@ -293,7 +294,7 @@ template <int H> struct RowPairs {
     static constexpr int SECOND = H;
     static constexpr bool SWIZZLE = false;
     __host__ __device__ static constexpr int first(int P) {
-        return 2 * H * (P / H) + 8 * ((P % H) / 8) + ((P % 8) >> 1) + ((P & 1) << 2);
+        return 2 * H * (P / H) + 8 * ((P % H) / 8) + rho(P % 8);
     }
 };
 struct KeyPairs {
@@ -314,8 +315,7 @@ __device__ __forceinline__ void load_pairs(float* sm, const float* gm, int row0,
                   "a thread keeps its column; pair rows step by 1, 2 or 4");
     const int w2 = (int)threadIdx.x % (2 * DP), d = w2 >> 1, h = w2 & 1;
     const int p0 = (int)threadIdx.x / (2 * DP);
-    const int c = w2 >> 2;
-    const int col = Map::SWIZZLE ? ((c ^ ((c >> 3) & 1)) << 2) | (w2 & 3) : w2;
+    const int col = Map::SWIZZLE ? (key_pair_chunk(w2 >> 2) << 2) | (w2 & 3) : w2;
     const int r0 = row0 + Map::first(p0) + Map::SECOND * h;       // the row of pair row p0
     const unsigned dst = mg_smem_addr(sm + p0 * LDX + col);
     const float* src = gm + (size_t)r0 * D + d;

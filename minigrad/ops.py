@@ -120,12 +120,17 @@ def matmul_int8(a, b, scale):
                    scale=_check_scale(op, "scale", scale))
 
 
-def _check_int4_weight(op, name, packed, scales, k, group_size, n=None):
+def check_int4_group(op, k, group_size):
+    """The int4 group rule (OPS.md), shared by the ops and mg.quant's helpers."""
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"{op}: group_size must be one of {INT4_GROUP_SIZES}, got "
                          f"{group_size}")
     if k % group_size:
         raise ValueError(f"{op}: K={k} must be a multiple of group_size={group_size}")
+
+
+def _check_int4_weight(op, name, packed, scales, k, group_size, n=None):
+    check_int4_group(op, k, group_size)
     _tensor(op, name, packed, uint32, 2)
     _tensor(op, f"scales of {name}", scales, float16, 2)
     n = packed.shape[0] if n is None else n

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import reference
-from .ops import INT4_GROUP_SIZES
+from .ops import check_int4_group
 from .tensor import Tensor
 
 
@@ -43,12 +43,7 @@ def quantize_int4(w, group_size=128, device=None):
     """[K, N] weight -> (packed uint32 [N, K//8], scales float16 [K//group_size, N])."""
     arr = _host(w, "quantize_int4", ndim=2)
     k, n = arr.shape
-    if group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"quantize_int4: group_size must be one of {INT4_GROUP_SIZES}, "
-                         f"got {group_size}")
-    if k % group_size:
-        raise ValueError(f"quantize_int4: K={k} must be a multiple of group_size="
-                         f"{group_size}")
+    check_int4_group("quantize_int4", k, group_size)
     groups = arr.reshape(k // group_size, group_size, n)
     scales = (np.abs(groups).max(axis=1) / 7).astype(np.float16)       # [K//G, N]
     # the kernel multiplies by the f16 scale, so quantize against that exact value
@@ -79,12 +74,7 @@ def dequantize_int4(packed, scales, group_size=128):
     p = packed.numpy() if isinstance(packed, Tensor) else np.asarray(packed, np.uint32)
     s = scales.numpy() if isinstance(scales, Tensor) else np.asarray(scales, np.float16)
     k = p.shape[1] * 8
-    if group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"dequantize_int4: group_size must be one of {INT4_GROUP_SIZES}, "
-                         f"got {group_size}")
-    if k % group_size:
-        raise ValueError(f"dequantize_int4: K={k} (packed {p.shape}) must be a multiple of "
-                         f"group_size={group_size}")
+    check_int4_group("dequantize_int4", k, group_size)
     if s.shape != (k // group_size, p.shape[0]):
         raise ValueError(f"dequantize_int4: scales must be [K//group_size, N] = "
                          f"[{k // group_size}, {p.shape[0]}], got {s.shape}")

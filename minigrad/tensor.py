@@ -272,17 +272,11 @@ class Tensor:
     def to(self, arg=None, *, device=None, dtype=None) -> "Tensor":
         """`.to("cuda")`, `.to("cpu")` or `.to(mg.float16)`; also, as in PyTorch,
         `.to(device=..., dtype=...)` (either or both)."""
-        if arg is not None:
-            try:
-                dtype, keyword = to_dtype(arg), dtype
-            except TypeError:
-                device, keyword = arg, device
-            if keyword is not None:
-                raise TypeError(f"to: {arg!r} given both positionally and by keyword")
+        device, dtype = to_args("to", arg, device, dtype)
         out = self if dtype is None else self.cast(dtype)
-        if device is None or canonical(device) == out.device:
+        if device is None or device == out.device:
             return out
-        return _Transfer.apply(out, canonical(device))
+        return _Transfer.apply(out, device)
 
     def cast(self, dtype) -> "Tensor":
         dtype = to_dtype(dtype)
@@ -823,6 +817,20 @@ class Tensor:
             if table.dtype.is_float:
                 return table._take(self, 0)
         return self._take(weight, 0)
+
+
+def to_args(who, arg, device, dtype) -> tuple:
+    """(device, dtype) of a `.to(...)` call of a Tensor or Module, either None: the positional
+    argument is a dtype or a device, or both come by keyword (PyTorch's forms)."""
+    if arg is not None:
+        try:
+            dtype, keyword = to_dtype(arg), dtype
+        except TypeError:
+            device, keyword = arg, device
+        if keyword is not None:
+            raise TypeError(f"{who}: {arg!r} given both positionally and by keyword")
+    return (None if device is None else canonical(device),
+            None if dtype is None else to_dtype(dtype))
 
 
 def _dim_arg(d, dim, name, required=False):

@@ -14,9 +14,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from ..autograd import no_grad
-from ..device import canonical
 from ..dtype import to_dtype
-from ..tensor import Tensor, realize
+from ..tensor import Tensor, realize, to_args
 
 
 class IncompatibleKeys(NamedTuple):
@@ -169,18 +168,9 @@ class Module:
         parameters to a dtype, keeping the same Tensor objects (an optimizer holding them
         stays valid). Buffers keep their dtype. As in PyTorch, `.to(device=..., dtype=...)`
         (either or both) works too."""
-        if arg is not None:         # .to("cuda") or .to(mg.float16)
-            try:
-                dtype, keyword = to_dtype(arg), dtype
-            except TypeError:
-                device, keyword = arg, device
-            if keyword is not None:
-                raise TypeError(f"{type(self).__name__}.to: {arg!r} given both positionally "
-                                f"and by keyword")
+        device, dtype = to_args(f"{type(self).__name__}.to", arg, device, dtype)
         if device is not None and dtype is not None:
             return self.to(device).to(dtype)
-        dtype = None if dtype is None else to_dtype(dtype)
-        device = None if device is None else canonical(device)
         with no_grad():
             if device is not None:
                 for b in self.buffers():
