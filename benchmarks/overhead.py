@@ -6,6 +6,8 @@ Rows:
                    Python cost); PyTorch: `x = x * 1.0001`
   tiny op, lazy    1,000 such ops built first, realized at once, per op
   tiny add         `(x + y).realize()` of two 16-float tensors; PyTorch `x + y`
+  broadcast add,   `(w + x).realize()` (w [8, 16], x [16]) and `w.sum(1).realize()`: ops
+  row sum          whose graph has a view or reshape node too; PyTorch the same
   add 2^28 f32     z = x + y, GB/s counts 12 bytes an element (read 2, write 1)
   sum 2^28 f32     x.sum(), GB/s counts 4 bytes an element
 
@@ -76,6 +78,30 @@ def ours_tiny_add(n=2000):
     return _median_us(run, n)
 
 
+def ours_small(expr, n=2000):
+    """`expr(w, x).realize()` per op on w [8, 16] and x [16] (a broadcast add, a row sum)."""
+    rng = np.random.default_rng(0)
+    w = mg.Tensor(rng.standard_normal((8, 16)).astype(np.float32), device="cuda")
+    x = mg.Tensor(rng.standard_normal(16).astype(np.float32), device="cuda")
+    mg.realize(w, x)
+
+    def run():
+        for _ in range(n):
+            expr(w, x).realize()
+        mg.synchronize()
+    return _median_us(run, n)
+
+
+def torch_small(expr, n=2000):
+    w, x = torch.randn(8, 16, device="cuda"), torch.randn(16, device="cuda")
+
+    def run():
+        for _ in range(n):
+            expr(w, x)
+        torch.cuda.synchronize()
+    return _median_us(run, n)
+
+
 def ours_backend_only(n=2000):
     """The CUDA backend's own cost: backend.binary on buffers, no Tensor/graph."""
     from minigrad.backend.cuda import get_backend
@@ -115,6 +141,10 @@ def main():
                  torch_tiny(add=True) if HAVE_TORCH else None, "us"))
     rows.append(("tiny op, CUDA backend alone (no Tensor)", "16 f32", ours_backend_only(),
                  torch_tiny() if HAVE_TORCH else None, "us"))
+    for name, expr in (("broadcast add (w + x), eager realize", lambda w, x: w + x),
+                       ("row sum (w.sum(1)), eager realize", lambda w, x: w.sum(1))):
+        rows.append((name, "[8, 16] f32", ours_small(expr),
+                     torch_small(expr) if HAVE_TORCH else None, "us"))
     rng = np.random.default_rng(0)
     xh = rng.standard_normal(n_big, dtype=np.float32)
     yh = rng.standard_normal(n_big, dtype=np.float32)

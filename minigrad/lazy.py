@@ -194,30 +194,31 @@ def _run(lb: LazyBuffer):
 
 
 def _eager_order(roots):
-    """The schedule of one op whose inputs are realized or are unrealized constants
-    (eager-style use: no graph walk, nothing to fuse), else None. The op may be a
-    multi-output one: then the roots are its "select" outputs (all unrealized)."""
-    if not roots or roots[0].realized is not None:
-        return None
-    head = roots[0]
-    if head.op == "select":             # mg.realize(*outputs of one kernel)
-        roots = list({id(r): r for r in roots}.values())     # each output once
-        head = head.srcs[0]
-        if head.realized is not None or any(
-                r.op != "select" or r.realized is not None or r.srcs[0] is not head
-                for r in roots):
-            return None
-    elif len(roots) != 1:
-        return None
-    order = []
-    for s in head.srcs:
-        if s.realized is None:
-            if s.srcs:
-                return None
-            order.append(s)
-    order.append(head)
-    if head is not roots[0]:
-        order += roots
+    """The schedule when there is nothing to walk or fuse, else None: every root is one
+    op (or an output of one multi-output op) whose sources are realized, or are nodes
+    whose own sources are realized and that fusion would leave alone (views, constants,
+    other kernels, or an elementwise node under a non-elementwise op). That covers
+    eager-style use - `x * 2`, `w + b` with b broadcast, `a @ b.T`, `x.sum(0)` on realized
+    tensors, `mg.realize(*outputs)` - without schedule() and fuse()."""
+    order, seen = [], set()
+    for r in roots:
+        if r.realized is not None or id(r) in seen:
+            continue
+        head = r.srcs[0] if r.op == "select" else r
+        if head.realized is None and id(head) not in seen:
+            for s in head.srcs:
+                if s.realized is not None or id(s) in seen:
+                    continue
+                if (s.op in ELEMENTWISE and head.op in ELEMENTWISE) or any(
+                        x.realized is None for x in s.srcs):
+                    return None
+                seen.add(id(s))
+                order.append(s)
+            seen.add(id(head))
+            order.append(head)
+        if head is not r:
+            seen.add(id(r))
+            order.append(r)
     return order
 
 

@@ -520,11 +520,15 @@ class Tensor:
     view = reshape
 
     def permute(self, *order) -> "Tensor":
-        order = tuple(a % self.ndim for a in _shape_arg(order)) if self.ndim else ()
-        if sorted(order) != list(range(self.ndim)):
+        nd = len(self.lazydata.shape)
+        order = tuple([a % nd for a in _shape_arg(order)]) if nd else ()
+        identity = tuple(range(nd))
+        if order == identity:
+            return self
+        if tuple(sorted(order)) != identity:
             raise ValueError(f"permute: {order} is not a permutation of the "
-                             f"{self.ndim} axes of shape {self.shape}")
-        return self if order == tuple(range(self.ndim)) else F.Permute.apply(self, order)
+                             f"{nd} axes of shape {self.shape}")
+        return F.Permute.apply(self, order)
 
     def transpose(self, d0=-2, d1=-1) -> "Tensor":
         order = list(range(self.ndim))
@@ -534,7 +538,8 @@ class Tensor:
 
     @property
     def T(self) -> "Tensor":
-        return self.permute(*reversed(range(self.ndim)))
+        nd = len(self.lazydata.shape)
+        return F.Permute.apply(self, (1, 0)) if nd == 2 else self.permute(*range(nd)[::-1])
 
     def expand(self, *shape) -> "Tensor":
         shape = _shape_arg(shape)

@@ -270,3 +270,51 @@ def test_realizing_the_outputs_of_one_kernel_together(device, monkeypatch):
     assert walks
     np.testing.assert_array_equal(q.numpy(), want[0])
     np.testing.assert_array_equal(k.numpy(), want[1])
+
+
+SHALLOW = {   # (minigrad, NumPy) of graphs at most two levels deep over realized tensors
+    "broadcast add": (lambda w, x, a: w + x, lambda w, x, a: w + x),       # expand, add
+    "sum over an axis": (lambda w, x, a: w.sum(1), lambda w, x, a: w.sum(1)),  # reduce, reshape
+    "matmul with a transposed view": (lambda w, x, a: w @ a.T,             # permute, product
+                                      lambda w, x, a: w @ a.T),
+    "sum of a product": (lambda w, x, a: (w * w).sum(0, keepdim=True),     # elementwise
+                         lambda w, x, a: (w * w).sum(0, keepdims=True)),   # under a reduce
+}
+
+
+@pytest.mark.parametrize("name", SHALLOW)
+def test_shallow_graphs_run_without_a_graph_walk(device, name, monkeypatch, rng):
+    """An op whose sources are realized, or are views / kernels / an elementwise node
+    under a non-elementwise op of realized tensors, runs without schedule() and fuse()
+    (eager-style use), with the same values as NumPy."""
+    from minigrad import lazy
+    w_, x_, a_ = (rng.standard_normal(s).astype(np.float32) for s in ((4, 6), (6,), (5, 6)))
+    w, x, a = (Tensor(v, device=device).realize() for v in (w_, x_, a_))
+    ours, numpy_fn = SHALLOW[name]
+    walks = []
+    real_schedule = lazy.schedule
+    monkeypatch.setattr(lazy, "schedule", lambda roots: walks.append(1) or real_schedule(roots))
+    out = ours(w, x, a).realize()
+    assert walks == []
+    np.testing.assert_allclose(out.numpy(), numpy_fn(w_, x_, a_), rtol=1e-5, atol=1e-5)
+    # two roots sharing a source (the permute): each node runs once
+    t = a.T
+    p, q = w @ t, (w * w) @ t
+    mg.realize(p, q)
+    assert walks == []
+    np.testing.assert_allclose(p.numpy(), w_ @ a_.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q.numpy(), (w_ * w_) @ a_.T, rtol=1e-5, atol=1e-5)
+
+
+def test_elementwise_chains_still_fuse(device, monkeypatch):
+    """x * 2 + y is one fused kernel: the eager shortcut leaves fusable graphs to fuse()."""
+    from minigrad import lazy
+    x, y = (Tensor(np.arange(4, dtype=np.float32), device=device).realize() for _ in range(2))
+    fused = []
+    real_fuse = lazy.fuse
+    monkeypatch.setattr(lazy, "fuse", lambda order, roots: fused.append(len(order)) or
+                        real_fuse(order, roots))
+    out = x * 2 + y
+    out.realize()
+    assert fused and out.lazydata.op == "fused"        # mul and add in one kernel
+    np.testing.assert_array_equal(out.numpy(), np.arange(4) * 3)

@@ -472,6 +472,57 @@ def test_ws_launcher_emulated(case, pipelined, rng):
     assert e == want and gpu.maps == (2 if pipelined else 0)
 
 
+KEPT_CASES = {**{f"ws-{k}": v for k, v in WS_CASES.items()},
+              "odd-ld": ((50, 70), (70, 30), "odd", "n"),
+              "wide-w8": ((2048, 64), (64, 2048), "n", "n")}
+
+
+@pytest.mark.parametrize("arch,pipelined", [("sm_90", True), ("sm_90", False),
+                                            ("sm_80", True), ("sm_80", False)])
+@pytest.mark.parametrize("case", KEPT_CASES)
+def test_launcher_kept_per_layout_emulated(case, arch, pipelined, monkeypatch, rng):
+    """The second product of a layout (same shapes, strides, alignment; other data at
+    other addresses) runs the launcher the first one kept, without the kernel rules:
+    the same kernels with the same grids, its own pointers, the right result."""
+    om = _om()
+    sa, sb, how_a, how_b = KEPT_CASES[case]
+    gpu = _FakeGPU(arch)
+    runs = []
+    for i in range(2):
+        if i == 1:      # the rules must not run again
+            for rule in ("plan", "ws_tile", "_operand", "_function"):
+                monkeypatch.setattr(om, rule, lambda *a, **k: pytest.fail("rules re-run"))
+        a = rng.standard_normal(sa).astype(np.float16)
+        b = rng.standard_normal(sb).astype(np.float16)
+        gpu.launches.clear()
+        out = om.tc_matmul(gpu, _stored(gpu, a, mg.float16, how_a),
+                           _stored(gpu, b, mg.float16, how_b), pipelined, runtime=gpu)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        got = gpu.buf_arr(out)
+        assert got.shape == ref.shape and _rel(got, ref) < _bound(sa[-1], np.float16)
+        runs.append([(e, grid, len(args)) for e, grid, args in gpu.launches])
+    assert runs[0] == runs[1] and len(runs[0]) == 1
+
+
+def test_kept_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):
+    """A kept TMA launcher whose maps the driver refuses for new pointers queues nothing;
+    the product falls back to the cp.async wgmma kernel, correctly."""
+    om = _om()
+    gpu = _FakeGPU("sm_90")
+    names = []
+    for i in range(2):
+        if i == 1:
+            monkeypatch.setattr(gpu, "tensor_map", lambda *args, **kw: None, raising=False)
+        a = rng.standard_normal((130, 72)).astype(np.float16)
+        b = rng.standard_normal((72, 264)).astype(np.float16)
+        gpu.launches.clear()
+        out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
+                           runtime=gpu)
+        assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
+        names += [e for e, _, _ in gpu.launches]
+    assert names == ["matmul_tc_tma_f16_nn_n128c1", "matmul_tc_wgmma_f16_nn_n128"]
+
+
 def test_ws_tile_rule():
     om = _om()
     assert om.ws_tile(4096, 4096, 1, 132) == (256, 2)

@@ -47,6 +47,24 @@ def _dense_strides(shape):
     return _dense_layout(shape)[0]
 
 
+_STRIDED: dict = {}   # (shape, strides of out and ins) -> _ew's (dims, flat strides, idx64)
+
+
+def _strided_layout(out, ins):
+    """The collapsed dims, every operand's strides over them (flat, operand after
+    operand) and whether offsets need 64 bits, for an elementwise op on strided views;
+    cached, since a training loop meets the same few layouts at every step."""
+    key = (out.shape, out.strides, *[x.strides for x in ins])
+    lay = _STRIDED.get(key)
+    if lay is None:
+        if len(_STRIDED) > 10000:
+            _STRIDED.clear()
+        dims, sts = collapse(out.shape, [out.strides] + [x.strides for x in ins])
+        lay = _STRIDED[key] = (tuple(dims), [s for st in sts for s in st],
+                               needs_idx64(out.size, dims, sts))
+    return lay
+
+
 class CudaBuffer:
     """A strided view of device memory. `ptr` is the address of element 0 (kept as an
     attribute: launchers read it for every operand)."""
@@ -173,9 +191,7 @@ class CudaBackend:
         if flat:
             dims, idx64 = (n,), n > _I32
         else:
-            dims, sts = collapse(out.shape, [out.strides] + [x.strides for x in ins])
-            idx64 = needs_idx64(n, dims, sts)
-            strides = [s for st in sts for s in st]
+            dims, strides, idx64 = _strided_layout(out, ins)
         key = (*key, len(dims), idx64)
         fn = self._ew_fns.get(key)
         if fn is None:

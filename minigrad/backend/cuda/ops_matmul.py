@@ -283,14 +283,15 @@ def tma_pad(be):
     return _tma_pad_for(be.arch) if pad is None else pad
 
 
-def operand_map(enc, ptr, dt, trans, rows, cols, ld, stride, batch, box_outer):
-    """Tensor map of a logical [rows, cols] operand ('n': (r, c) at r*ld + c; 't': at
-    c*ld + r), batch entries `stride` elements apart (0: one matrix for all). The
-    contiguous dim is innermost; boxes are 64 of it by `box_outer` of the other."""
+def operand_map(dt, trans, rows, cols, ld, stride, batch, box_outer):
+    """tensor_map's arguments after the pointer for a logical [rows, cols] operand ('n':
+    (r, c) at r*ld + c; 't': at c*ld + r), batch entries `stride` elements apart (0: one
+    matrix for all). The contiguous dim is innermost; boxes are 64 of it by `box_outer`
+    of the other."""
     inner, outer = (rows, cols) if trans else (cols, rows)
     nb = batch if stride else 1
     s2 = stride if stride else outer * ld
-    return enc(ptr, dt, (inner, outer, nb), (2 * ld, 2 * s2), (64, box_outer, 1))
+    return dt, (inner, outer, nb), (2 * ld, 2 * s2), (64, box_outer, 1)
 
 
 def ws_grid(m, n, batch, bn, cm, sms):
@@ -303,20 +304,36 @@ def _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, sa, sb, m, n, k, batch
     """The launch of a TMA kernel, as a callable (maps: A 'n' box 64 k x 128 m, A 't'
     64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header), for
     C at pc (ldc n, batch entries m*n apart); None if the driver refuses a map."""
+    launch = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)(pa, pb)
+    return None if launch is None else (lambda: launch(pc))
+
+
+def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
+    """What _tma_launch computes once per layout: `maps(pa, pb)` encodes the two tensor
+    maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C at
+    pc; None if the driver refuses a map."""
     bn, cm = ws_tile(m, n, batch, sms)
-    enc = getattr(rt, "tensor_map", tensor_map)
     at, bt = layout[0] == "t", layout[1] == "t"
-    ma = operand_map(enc, pa, dt, at, m, k, lda, sa, batch, 64 if at else 128)
-    mb = operand_map(enc, pb, dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
-    if ma is None or mb is None:
-        return None
-    pad = tma_pad(be) // 8
-    fn = _function(be, rt, f"matmul_tc_tma_{dt}_{layout}_n{bn}c{cm}", WS_SMEM[bn],
-                   fmt="Q" * pad + TMA_ARGS)
-    args = [0] * pad + [*ma, *mb, pc, n, m * n, m, n, k, batch, int(sa != 0), int(sb != 0),
-                        TMA_GROUP]
-    return lambda: rt.launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS, args,
-                             WS_SMEM[bn])
+    map_a = operand_map(dt, at, m, k, lda, sa, batch, 64 if at else 128)
+    map_b = operand_map(dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
+    grid = (ws_grid(m, n, batch, bn, cm, sms), 1, 1)
+    tail = [n, m * n, m, n, k, batch, int(sa != 0), int(sb != 0), TMA_GROUP]
+    kernel = []     # [fn, pad]: looked up at the first accepted maps (a driver that
+                    # refuses them never compiles the TMA kernels)
+
+    def maps(pa, pb):
+        enc = getattr(rt, "tensor_map", tensor_map)     # (a stand-in's, in tests)
+        ma, mb = enc(pa, *map_a), enc(pb, *map_b)
+        if ma is None or mb is None:
+            return None
+        if not kernel:
+            pad = tma_pad(be) // 8
+            kernel[:] = [_function(be, rt, f"matmul_tc_tma_{dt}_{layout}_n{bn}c{cm}",
+                                   WS_SMEM[bn], fmt="Q" * pad + TMA_ARGS), pad]
+        fn, pad = kernel
+        head = [0] * pad + [*ma, *mb]
+        return lambda pc: rt.launch(fn, grid, WS_THREADS, [*head, pc, *tail], WS_SMEM[bn])
+    return maps
 
 
 def _function(be, rt, name, smem, file=None, fmt=None):
@@ -330,24 +347,39 @@ def _function(be, rt, name, smem, file=None, fmt=None):
     return fn
 
 
+_FAST: dict = {}   # tc_matmul's layout key -> the launcher of its one kernel
+
+
 def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     """f32 [batch..., M, N] = a [batch..., M, K] @ b ([K, N] or [batch..., K, N]).
-    `runtime` defaults to minigrad.backend.cuda.runtime (tests may pass a stand-in)."""
-    if runtime is None:
-        from . import runtime
-    rt = runtime
+    `runtime` defaults to minigrad.backend.cuda.runtime (tests may pass a stand-in).
+
+    The choice of kernel depends on shapes, strides and pointer alignment only, so the
+    first call with a layout remembers, when the product is one launch of operands read
+    in place, a launcher taking just the pointers (`_FAST`): a training loop's matmuls
+    skip the rules below (tens of microseconds of Python per call otherwise)."""
+    rt = runtime if runtime is not None else _runtime()
+    key = (be, rt, pipelined, a.dtype, a.shape, a.strides, b.shape, b.strides,
+           a.ptr % 16 == 0, b.ptr % 16 == 0, FORCE_SPLIT, USE_TMA, USE_WGSYNC)
+    fast = _FAST.get(key)
+    if fast is not None:
+        out = fast(a, b)
+        if out is not None:
+            return out
     dt = {"float16": "f16", "bfloat16": "bf16"}[a.dtype.name]
     m, k = a.shape[-2:]
     n = b.shape[-1]
     batch_shape = a.shape[:-2]
     batch = math.prod(batch_shape)
-    out = be.empty(batch_shape + (m, n), float32)
-    if out.size == 0:
-        return out
+    out_shape = batch_shape + (m, n)
+    if batch * m * n == 0:
+        return be.empty(out_shape, float32)
     if k == 0:
-        return be._fill(out, 0.0)
+        return be._fill(be.empty(out_shape, float32), 0.0)
+    a_in, b_in = a, b
     a, la, lda, sa = _operand(be, a)
     b, lb, ldb, sb = _operand(be, b)
+    in_place = a is a_in and b is b_in      # no operand was copied: a launcher can be kept
     if b.ndim == 2 or batch == 1:
         sb = 0
     if batch == 1:
@@ -358,18 +390,39 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     sms = rt.multiprocessors
     path = "v" if vec else "s"
     hopper = vec and be.arch.startswith("sm_90")
+
+    def one_launch(fn, grid, threads, tail, smem):
+        """Launch fn(a, b, out, *tail) now, and keep the launcher for this layout."""
+        def launcher(a, b):
+            out = be.empty(out_shape, float32)
+            rt.launch(fn, grid, threads, [a.ptr, b.ptr, out.ptr, *tail], smem)
+            return out
+        if in_place:
+            _keep(key, launcher)
+        return launcher(a, b)
+
     if pipelined and hopper:
         bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
         if USE_TMA and s == 1:
-            go = _tma_launch(be, rt, dt, layout, a.ptr, b.ptr, out.ptr, lda, ldb, sa, sb,
-                             m, n, k, batch, sms)
-            if go is not None:
-                go()
+            maps = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
+
+            def launcher(a, b):             # None (nothing queued) if a map is refused
+                launch = maps(a.ptr, b.ptr)
+                if launch is None:
+                    return None
+                out = be.empty(out_shape, float32)
+                launch(out.ptr)
+                return out
+            out = launcher(a, b)
+            if out is not None:
+                if in_place:
+                    _keep(key, launcher)
                 return out
         elif USE_TMA:
             def chunk_launch(pa, pb, pc, ca, cb, kk, count):
                 return _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, ca, cb, m, n,
                                    kk, count, sms)
+            out = be.empty(out_shape, float32)
             if _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
                         chunk_launch):
                 return out
@@ -380,10 +433,9 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     elif hopper and USE_WGSYNC and plan(m, n, k, batch, sms, "mma")[1] == 1:
         bn = ws_tile(m, n, batch, sms)[0]
         fn = _function(be, rt, f"matmul_tc_wgsync_{dt}_{layout}_n{bn}", WS_SMEM[bn])
-        rt.launch(fn, (ws_grid(m, n, batch, bn, 1, sms), 1, 1), WS_THREADS,
-                  [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n, m, n, k, batch,
-                   WGSYNC_GROUP], WS_SMEM[bn])
-        return out
+        return one_launch(fn, (ws_grid(m, n, batch, bn, 1, sms), 1, 1), WS_THREADS,
+                          [lda, ldb, n, sa, sb, m * n, m, n, k, batch, WGSYNC_GROUP],
+                          WS_SMEM[bn])
     elif vec and math.ceil(n / 256) * 2 == math.ceil(n / 128) and \
             math.ceil(m / 128) * math.ceil(n / 256) * batch >= sms / 2:
         bn, s, kc = plan(m, n, k, batch, sms, "mma_w8")
@@ -394,15 +446,26 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     fn = _function(be, rt, name, smem)
     tiles = math.ceil(m / _BM) * math.ceil(n / bn)
     if s == 1:
-        rt.launch(fn, (tiles, 1, min(batch, 65535)), threads,
-                  [a.ptr, b.ptr, out.ptr, lda, ldb, n, sa, sb, m * n, m, n, k, batch], smem)
-        return out
+        return one_launch(fn, (tiles, 1, min(batch, 65535)), threads,
+                          [lda, ldb, n, sa, sb, m * n, m, n, k, batch], smem)
     def chunk_launch(pa, pb, pc, ca, cb, kk, count):
         return lambda: rt.launch(fn, (tiles, 1, min(count, 65535)), threads,
                                  [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count],
                                  smem)
+    out = be.empty(out_shape, float32)
     _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch)
     return out
+
+
+def _keep(key, launcher):
+    if len(_FAST) >= 4096:
+        _FAST.clear()
+    _FAST[key] = launcher
+
+
+def _runtime():
+    from . import runtime
+    return runtime
 
 
 def _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch):
