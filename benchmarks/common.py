@@ -61,8 +61,11 @@ def torch_ms(fn, reps=20, medians=1):
 
 def commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip() or None
+        # "-dirty" when the tree differs from HEAD (a copied tree whose .git is older
+        # than its files reads so: the commit is then the last one, plus changes)
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                              capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         return None
 
