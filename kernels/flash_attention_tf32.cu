@@ -102,13 +102,16 @@
 //          tile).  Per tile: S = Q.K^T, masks, online softmax (running max m and sum l per row,
 //          O rescaled by exp2(m_old - m_new)), O += P.V.  Causal: key tiles past the block's
 //          last row are not loaded, a warp skips tiles that lie wholly above its rows, blocks
-//          are issued heaviest first.  out = O / l (dropout: O (1/(1-p)) / l), L = (m + log2 l) ln 2.
+//          are issued heaviest first across groups of 8 slices (block_tile).
+//          out = O / l (dropout: O (1/(1-p)) / l), L = (m + log2 l) ln 2.
 //   dq   : a block owns 16*NW query rows (Q, dO resident); per key tile: dP = dO.V^T,
 //          S = Q.K^T, P = exp2(S*scale*log2e - L log2e), dS = P (dP - D), dQ += dS.K.
+//          Causal: as fwd (key tiles past the last row skipped, blocks by block_tile).
 //   dkdv : a block owns 16*NW keys (K, V resident) and their dK, dV accumulators; per query tile
 //          of BRQ rows (Q, dO, L, D double-buffered): S^T = K.Q^T, dP^T = V.dO^T, P^T, dS^T,
 //          dV += P^T.dO, dK += dS^T.Q.  Causal: query tiles before the block's first key are
-//          skipped, a warp skips tiles that lie wholly before its keys.  Padded query rows
+//          skipped, a warp skips tiles that lie wholly before its keys, blocks by block_tile
+//          (key tile 0 first).  Padded query rows
 //          (>= S) are masked (P = 0); padded key rows are computed and not stored.
 //   Masked scores are -inf before the exponent (exactly 0).  Every output element is written
 //   once by one block; no atomics; deterministic.
@@ -144,6 +147,32 @@ __host__ __device__ constexpr int min_blocks(int smem, bool regfit) {
 }
 
 __host__ __device__ constexpr int rho(int c) { return (c >> 1) + ((c & 1) << 2); }   // 0,4,1,5,2,6,3,7
+
+// The slice b and the tile rank of this block (the grid is B * ntiles blocks). Without a
+// mask every tile is the same work: slice-major. Causal tiles are not (a query tile sees
+// more keys the later it is, a key tile fewer queries), so blocks go heaviest first (rank
+// 0 = most work) - across a group of CAUSAL_GROUP slices, not within one slice: the last
+// wave then holds the lightest tiles of the last group instead of a whole slice's
+// heavy-to-light run, while the group's K/V stay together in L2. (A list-scheduling model
+// of 132 SMs: 64 x 4096 x 128 causal 274 -> 256 time units, the mean being 256; 8 x 4096 x
+// 128 51 -> 32; measured on an H200: -6 % and -37 % fwd+bwd GPU time.) Slices of fewer
+// than GROUP_MIN_TILES tiles keep the slice-major order (heaviest first within the slice):
+// there the model gains little and the GPT shape (384 x 256 x 64) measured 6 % slower
+// grouped (benchmarks/notes_attention.md, "Causal block order").
+constexpr int CAUSAL_GROUP = 8, GROUP_MIN_TILES = 8;
+template <bool CAUSAL>
+__device__ __forceinline__ void block_tile(int ntiles, int B, int& b, int& rank) {
+    const int bid = (int)blockIdx.x;
+    if (!CAUSAL || ntiles < GROUP_MIN_TILES) {
+        b = bid / ntiles;
+        rank = bid % ntiles;
+        return;
+    }
+    const int per_group = CAUSAL_GROUP * ntiles, group = bid / per_group, r = bid % per_group;
+    const int slices = min(CAUSAL_GROUP, B - group * CAUSAL_GROUP);   // the last group: fewer
+    b = group * CAUSAL_GROUP + r % slices;
+    rank = r / slices;
+}
 
 // ------------------------------------------------------------------------------ 3xTF32 --
 // big = x with the low 13 bits cleared (TF32), small = x - big (exact; the MMA reads its
@@ -447,9 +476,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     float* Vs = Ks + 2 * BC * LD;                    // [2][BC][LD] (PV only)
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    const int b = blockIdx.x / nqt;
-    int qt = blockIdx.x % nqt;
-    if (CAUSAL) qt = nqt - 1 - qt;                   // heaviest query tiles first
+    int b, qt;
+    block_tile<CAUSAL>(nqt, B, b, qt);
+    if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = PV ? V + off : nullptr;
@@ -570,9 +599,9 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
     float* Vs = Ks + 2 * BC * LD;                    // [2][BC][LD]
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    const int b = blockIdx.x / nqt;
-    int qt = blockIdx.x % nqt;
-    if (CAUSAL) qt = nqt - 1 - qt;
+    int b, qt;
+    block_tile<CAUSAL>(nqt, B, b, qt);
+    if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;
@@ -662,8 +691,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
     float* Ds = Ls + 2 * BRQ;                        // [2][BRQ]
 
     const int nkt = (S + BCK - 1) / BCK, nqt = (S + BRQ - 1) / BRQ;
-    const int b = blockIdx.x / nkt;
-    const int kt = blockIdx.x % nkt;                 // causal: low kt = most work, issued first
+    int b, kt;
+    block_tile<CAUSAL>(nkt, B, b, kt);               // causal: rank 0 = key tile 0, most work
     const int k0 = kt * BCK;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;

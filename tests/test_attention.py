@@ -79,6 +79,26 @@ def test_flash_forward_stats_and_backward(s, d, causal, poisoned_device, rng):
         close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
 
 
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_flash_causal_many_slices(d, poisoned_device, rng):
+    """15 slices of 8 or more query/key tiles each: the causal kernels issue their blocks
+    heaviest first across groups of 8 slices (a full group and a short one here), and
+    every slice must still get its own tiles, forward, stats and backward."""
+    if poisoned_device == "cpu":
+        pytest.skip("the block order is the CUDA kernels' (the CPU path is the reference)")
+    shape = (3, 5, 1000, d)
+    q, k, v, do = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    ref_out, ref_lse, _ = ref_attention64(q, k, v, True)
+    qt, kt, vt = (Tensor(x, device=poisoned_device, requires_grad=True) for x in (q, k, v))
+    out = mg.ops.attention_flash_causal(qt, kt, vt)
+    _, lse = mg.ops.attention_flash_with_stats(qt.detach(), kt.detach(), vt.detach(), True)
+    close(out.numpy(), ref_out)
+    assert np.abs(lse.numpy() - ref_lse).max() < 1e-5
+    (out * Tensor(do, device=poisoned_device)).sum().backward()
+    for got, ref in zip((qt.grad, kt.grad, vt.grad), ref_grads64(q, k, v, do, True)):
+        close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
+
+
 TF32_BLOCK_CASES = [(17, 16, 0.0), (255, 64, 0.0), (300, 32, 0.2), (130, 64, 0.5), (1024, 64, 0.2),
                     (129, 100, 0.0), (200, 128, 0.3)]
 
