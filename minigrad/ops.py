@@ -48,11 +48,7 @@ def _tensor(op, name, t, dtype, min_ndim=0):
 
 
 def _same_device(op, **tensors):
-    devices = {n: t.lazydata.device for n, t in tensors.items()}
-    if len(devices) == 2:                       # the common case, without a set
-        a, b = devices.values()
-        if a == b:
-            return
+    devices = {n: t.device for n, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(f"{op}: inputs are on different devices: " +
                          ", ".join(f"{n} on {d}" for n, d in devices.items()))
