@@ -94,9 +94,20 @@ def install_fake_pycuda():
         def synchronize(self):
             pass
 
+        def wait_for_event(self, event):
+            pass
+
+    class _Event:
+        def __init__(self, flags=0):
+            pass
+
+        def record(self, stream=None):
+            pass
+
     nop = lambda *a, **k: None  # noqa: E731
     drv = types.ModuleType("pycuda.driver")
     drv.init, drv.Device, drv.Stream, drv.Function = nop, _Device, _Stream, _Function
+    drv.Event, drv.event_flags = _Event, types.SimpleNamespace(DISABLE_TIMING=2)
     drv.Error = drv.MemoryError = RuntimeError
     drv.device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT=16)
     drv.function_attribute = types.SimpleNamespace(MAX_DYNAMIC_SHARED_SIZE_BYTES=8)

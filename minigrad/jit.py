@@ -233,7 +233,7 @@ class jit:
         self._capture, self._signature = cap, signature
         if lazy.DEBUG >= 1:
             print(f"[minigrad] jit {self.__name__}: captured {len(cap.entries)} launches and "
-                  f"copies ({sum(callable(e[4]) for e in cap.entries if len(e) == 6)} with "
+                  f"copies ({sum(e[0] == runtime._LAUNCH and callable(e[4]) for e in cap.entries)} with "
                   f"arguments rebuilt per replay), {cap.draws} random draws")
         return _rebuild(cap.template, iter(_copies(cap.outputs)))
 

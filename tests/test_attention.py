@@ -138,6 +138,35 @@ def test_flash_tf32_block_sizes(nw, s, d, p, causal, rng, monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("s,d,p,causal", [(1000, 128, 0.0, False), (700, 64, 0.3, True),
+                                          (300, 200, 0.0, True), (1, 32, 0.0, False)],
+                         ids=lambda v: str(v))
+def test_flash_backward_dq_beside_dkdv(s, d, p, causal, rng, monkeypatch):
+    """The backward runs its dQ pass on the runtime's side stream, beside the dK/dV pass: the
+    gradients are bit-identical to those of the passes run one after the other (the kernels
+    are deterministic and share no output), with poisoned outputs, at the 3xTF32 (d <= 128),
+    FFMA (d = 200) and dropout kernels."""
+    from minigrad.backend.cuda import backend as bm
+    from minigrad.backend.cuda import ops_attention
+    monkeypatch.setattr(bm, "POISON", True)
+    q, k, v, do = (rng.standard_normal((3, s, d)).astype(np.float32) for _ in range(4))
+    op = mg.ops.attention_flash_causal if causal else mg.ops.attention_flash
+    grads = {}
+    for concurrent in (True, False, True):
+        monkeypatch.setattr(ops_attention, "CONCURRENT_DQ", concurrent)
+        qt, kt, vt = (Tensor(x, device="cuda", requires_grad=True) for x in (q, k, v))
+        op(qt, kt, vt, dropout_p=p, seed=99).backward(Tensor(do, device="cuda"))
+        got = [g.numpy() for g in (qt.grad, kt.grad, vt.grad)]
+        if concurrent in grads:
+            for a, b in zip(grads[concurrent], got):
+                assert np.array_equal(a, b)
+        grads[concurrent] = got
+    for a, b in zip(grads[True], grads[False]):
+        assert np.array_equal(a, b)
+    assert not any(np.isnan(g).any() for g in grads[True])
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_flash_tf32_accuracy_long_rows(causal, rng):
     """3xTF32 keeps f32-level accuracy at long rows: the tensor core's own f32 accumulation

@@ -56,8 +56,12 @@ def logged(self, grid, block, args, shared, stream):
     vals = struct.unpack(self.arg_format, args)       # pointers differ run to run: drop them
     name = "adamw" if "adamw" in self.name else self.name   # (in-place variant under jit)
     log.append((name, tuple(grid), tuple(block),
-                tuple(v for c, v in zip(self.arg_format, vals) if c != "P")))
+                tuple(v for c, v in zip(self.arg_format, vals) if c != "P"),
+                "side" if stream is runtime.side_stream else "main"))
 runtime.drv.Function._launch_kernel = logged
+# runtime.fork() makes the side stream wait for the main one, join() the reverse
+runtime.drv.Stream.wait_for_event = lambda self, event: log.append(
+    ("wait", "side" if self is runtime.side_stream else "main"))
 
 def make(sgd=False):
     mg.manual_seed(0)
@@ -118,6 +122,16 @@ def test_replay_queues_what_eager_calls_queue():
             assert j[2:-1] == e, i
             kinds |= {k[0] for k in e}
         assert "adamw" in kinds and any(k.startswith("flash_tf32_fwd_causal_dropout") for k in kinds)
+        # the flash backward: fork (the side stream waits for the main one), dK/dV on the main
+        # stream, dQ on the side one, join (the reverse); a replay queues the same (above)
+        seq = [(k[0], k[-1]) for k in eager[1]]
+        i = seq.index(("wait", "side"))
+        assert seq[i - 1][0] == "flash_tf32_bwd_preprocess" and seq[i + 3] == ("wait", "main")
+        assert seq[i + 1][0].startswith("flash_tf32_bwd_dkdv_causal_dropout") and \
+            seq[i + 1][1] == "main", seq[i + 1]
+        assert seq[i + 2][0].startswith("flash_tf32_bwd_dq_causal_dropout") and \
+            seq[i + 2][1] == "side", seq[i + 2]
+        assert sum(k[-1] == "side" for k in eager[1]) == 2     # nothing else goes there
         # the step-dependent scalars did change between calls (so the comparison means something)
         adamw = [[k[3] for k in c if k[0] == "adamw"][0] for c in eager]
         assert len({a for a in adamw}) == 5

@@ -12,7 +12,8 @@ smallest DP >= D); each DP is compiled on first use only (-DFA3_ONLY_DP / -DFA_O
 -DATC_ONLY_DP), which keeps NVRTC's time per compile short. Grids, block sizes and the
 dynamic shared-memory bytes below are the launch tables of the kernel files' headers.
 Inputs are made dense [B, S, D] (B = all leading dims); every op is one launch for
-all B slices (the backward: preprocess, dK/dV pass, dQ pass).
+all B slices (the backward: preprocess, then the dK/dV pass and, beside it on the
+runtime's side stream, the dQ pass).
 
 Attention dropout (dropout_p > 0, a seed): the `_dropout` kernels of the same file, which
 take one struct fa::DropArgs after the usual arguments (the 14 Philox round keys of the
@@ -45,6 +46,7 @@ T_SMEM = {(32, 4): (46080, 27648, 55296, 56320), (32, 8): (55296, 36864, 73728, 
           (64, 4): (87040, 52224, 104448, 105472), (64, 8): (104448, 69632, 139264, 140288),
           (128, 8): (202752, 135168, 202752, 203264)}
 FORCE_NW = None     # tests/benchmarks: 4 or 8 forces the block size where both exist
+CONCURRENT_DQ = True    # the backward's dQ pass beside dK/dV (False: after it; for A/B runs)
 
 
 def _dp(d):
@@ -154,6 +156,12 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
         dq_nt, dq_rows, dq_smem = 128, ROWS, DQ[dp]
     pre = _flash_fn(be, f"{pfx}_bwd_preprocess", "PPPqi", 0, dp, drop)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
+    # dK/dV and dQ both need only q, k, v, dO, L and D, not each other: dQ runs on the side
+    # stream beside dK/dV, so the longer pass (issued first) has its last, partly empty
+    # wave filled by the other's blocks, and grids too small to fill the card run both
+    # passes at once. Every buffer here lives until join().
+    if CONCURRENT_DQ:
+        runtime.fork()
     fn = _flash_fn(be, f"{pfx}_bwd_dkdv{c}{sfx}_d{dp}{w}", "PPPPPPPPiiif" + dfmt, kv_smem, dp, drop)
     args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
     runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt, args + dargs, kv_smem,
@@ -161,7 +169,9 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + dfmt, dq_smem, dp, drop)
     args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale]
     runtime.launch(fn, math.ceil(s / dq_rows) * b, dq_nt, args + dargs, dq_smem,
-                   _redrawn(args, dropout_p, seed))
+                   _redrawn(args, dropout_p, seed), side=CONCURRENT_DQ)
+    if CONCURRENT_DQ:
+        runtime.join()
     return dq, dk, dv
 
 

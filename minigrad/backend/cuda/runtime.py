@@ -7,9 +7,16 @@ Imported only when CUDA is first used. One device (MINIGRAD_CUDA_DEVICE, default
 pooled allocation freed by Python may be reused by the next op without a sync:
 stream order keeps the old reader ahead of the new writer.
 
+One exception, inside a single op: `fork()` lets launches with `side=True` run on a
+second stream, concurrently with what the op queues next on the main stream, and
+`join()` makes the main stream wait for them. The op holds every buffer the side work
+touches until it has called `join()`, so the rule above still holds for the pool. (The
+flash-attention backward runs its dQ pass beside its dK/dV pass this way: the two are
+independent, and each alone leaves SMs idle in its last wave.)
+
     alloc(nbytes) -> allocation   htod(ptr, array)   dtoh(array, ptr)   memset(ptr, byte, n)
     load_module(cubin) / get_function(module, name)
-    launch(function, grid, block, args, shared_mem=0)
+    launch(function, grid, block, args, shared_mem=0, side=False)   fork()   join()
     synchronize()   memory_stats()   free_cached()
 
 DEBUG>=3 prints one line per launch with its time (synchronizing after it).
@@ -42,6 +49,9 @@ device = drv.Device(ordinal)
 context = device.retain_primary_context()
 context.push()
 stream = drv.Stream()
+side_stream = drv.Stream()      # fork()/join(): work of one op beside the main stream
+_fork_event = drv.Event(drv.event_flags.DISABLE_TIMING)
+_join_event = drv.Event(drv.event_flags.DISABLE_TIMING)
 pool = DeviceMemoryPool()
 cc = device.compute_capability()
 arch = "sm_%d%d" % cc
@@ -189,37 +199,57 @@ def set_max_dynamic_shared(function, nbytes: int):
     function.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
 
 
-def launch(function, grid, block, args, shared_mem: int = 0, replay_args=None):
-    """Queue `function` on the stream. `function` must come from get_function
-    (prepared); `grid`/`block` are ints or tuples; `args` match its format.
-    `replay_args` (used only while capturing): a callable returning the arguments a
-    replay of this launch should use instead of `args`.
+def launch(function, grid, block, args, shared_mem: int = 0, replay_args=None,
+           side: bool = False):
+    """Queue `function` on the stream (on the side stream with `side=True`, between a
+    `fork()` and a `join()`). `function` must come from get_function (prepared);
+    `grid`/`block` are ints or tuples; `args` match its format. `replay_args` (used only
+    while capturing): a callable returning the arguments a replay of this launch should
+    use instead of `args`.
 
     This is `Function.prepared_async_call` without its per-call checks: pack the
     arguments with the prepared format and launch (~2 us less a launch)."""
     grid = (grid, 1, 1) if type(grid) is int else grid
     block = (block, 1, 1) if type(block) is int else tuple(block) + (1,) * (3 - len(block))
+    on = side_stream if side else stream
     if DEBUG >= 3:
         t0 = time.perf_counter()
-        function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
-        stream.synchronize()
+        function.prepared_async_call(grid, block, on, *args, shared_size=shared_mem)
+        on.synchronize()
         print(f"launch {getattr(function, 'mg_name', '?'):<40} grid={grid} block={block[0]} "
-              f"{(time.perf_counter() - t0) * 1e6:8.1f} us")
+              f"{(time.perf_counter() - t0) * 1e6:8.1f} us{' (side stream)' if side else ''}")
     elif _FAST:
         packed = _pack(function.arg_format, *args)
         if capture is not None:
             capture.entries.append((_LAUNCH, function, grid, block, replay_args or packed,
-                                    shared_mem))
-        function._launch_kernel(grid, block, packed, shared_mem, stream)
+                                    shared_mem, side))
+        function._launch_kernel(grid, block, packed, shared_mem, on)
         return
     else:
-        function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
+        function.prepared_async_call(grid, block, on, *args, shared_size=shared_mem)
     if capture is not None:
         capture.entries.append((_LAUNCH, function, grid, block, replay_args or tuple(args),
-                                shared_mem))
+                                shared_mem, side))
 
 
-_LAUNCH, _HTOD, _DTOD, _MEMSET = range(4)
+def fork():
+    """From here on, launches with side=True run on the side stream, after everything
+    queued on the main stream so far and concurrently with what is queued there next."""
+    if capture is not None:
+        capture.entries.append((_FORK,))
+    _fork_event.record(stream)
+    side_stream.wait_for_event(_fork_event)
+
+
+def join():
+    """The main stream waits for the side stream's work before anything queued after."""
+    if capture is not None:
+        capture.entries.append((_JOIN,))
+    _join_event.record(side_stream)
+    stream.wait_for_event(_join_event)
+
+
+_LAUNCH, _HTOD, _DTOD, _MEMSET, _FORK, _JOIN = range(6)
 
 
 def replay(entries):
@@ -227,18 +257,25 @@ def replay(entries):
     for e in entries:
         kind = e[0]
         if kind == _LAUNCH:
-            _, function, grid, block, args, shared_mem = e
+            _, function, grid, block, args, shared_mem, side = e
+            on = side_stream if side else stream
             if callable(args):
                 args = args()
             if not _FAST:
-                function.prepared_async_call(grid, block, stream, *args, shared_size=shared_mem)
+                function.prepared_async_call(grid, block, on, *args, shared_size=shared_mem)
                 continue
             if type(args) is not bytes:
                 args = _pack(function.arg_format, *args)
-            function._launch_kernel(grid, block, args, shared_mem, stream)
+            function._launch_kernel(grid, block, args, shared_mem, on)
         elif kind == _DTOD:
             drv.memcpy_dtod_async(e[1], e[2], e[3], stream)
         elif kind == _MEMSET:
             drv.memset_d8_async(e[1], e[2], e[3], stream)
+        elif kind == _FORK:
+            _fork_event.record(stream)
+            side_stream.wait_for_event(_fork_event)
+        elif kind == _JOIN:
+            _join_event.record(side_stream)
+            stream.wait_for_event(_join_event)
         else:
             drv.memcpy_htod_async(e[1], e[2], stream)
