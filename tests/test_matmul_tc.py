@@ -472,9 +472,14 @@ def test_ws_launcher_emulated(case, pipelined, rng):
     assert e == want and gpu.maps == (2 if pipelined else 0)
 
 
-KEPT_CASES = {**{f"ws-{k}": v for k, v in WS_CASES.items()},
-              "odd-ld": ((50, 70), (70, 30), "odd", "n"),
-              "wide-w8": ((2048, 64), (64, 2048), "n", "n")}
+KEPT_CASES = {**{f"ws-{k}": v + (None,) for k, v in WS_CASES.items()},
+              "odd-ld": ((50, 70), (70, 30), "odd", "n", None),
+              "wide-w8": ((2048, 64), (64, 2048), "n", "n", None),
+              # split-K (forced chunk counts): chunks, a short last chunk, the ordered sum
+              "split-tn": ((96, 200), (200, 40), "t", "n", 3),
+              "split-K=Kc+1": ((130, 65), (65, 70), "n", "n", 2),
+              "split-batched-B": ((2, 3, 40, 150), (2, 3, 150, 24), "n", "t", 2),
+              "split-odd-ld": ((50, 70), (70, 30), "odd", "n", 3)}
 
 
 @pytest.mark.parametrize("arch,pipelined", [("sm_90", True), ("sm_90", False),
@@ -483,14 +488,16 @@ KEPT_CASES = {**{f"ws-{k}": v for k, v in WS_CASES.items()},
 def test_launcher_kept_per_layout_emulated(case, arch, pipelined, monkeypatch, rng):
     """The second product of a layout (same shapes, strides, alignment; other data at
     other addresses) runs the launcher the first one kept, without the kernel rules:
-    the same kernels with the same grids, its own pointers, the right result."""
+    the same kernels with the same grids, its own pointers, the right result. Split-K
+    products too (their chunk launches and the ordered sum)."""
     om = _om()
-    sa, sb, how_a, how_b = KEPT_CASES[case]
+    sa, sb, how_a, how_b, split = KEPT_CASES[case]
+    monkeypatch.setattr(om, "FORCE_SPLIT", split)
     gpu = _FakeGPU(arch)
     runs = []
     for i in range(2):
         if i == 1:      # the rules must not run again
-            for rule in ("plan", "ws_tile", "_operand", "_function"):
+            for rule in ("plan", "ws_tile", "_operand", "_function", "_split_k"):
                 monkeypatch.setattr(om, rule, lambda *a, **k: pytest.fail("rules re-run"))
         a = rng.standard_normal(sa).astype(np.float16)
         b = rng.standard_normal(sb).astype(np.float16)
@@ -501,7 +508,33 @@ def test_launcher_kept_per_layout_emulated(case, arch, pipelined, monkeypatch, r
         got = gpu.buf_arr(out)
         assert got.shape == ref.shape and _rel(got, ref) < _bound(sa[-1], np.float16)
         runs.append([(e, grid, len(args)) for e, grid, args in gpu.launches])
-    assert runs[0] == runs[1] and len(runs[0]) == 1
+    assert runs[0] == runs[1]
+    if split:
+        assert len(runs[0]) >= 2 and runs[0][-1][0].startswith("matmul_tc_splitk_sum")
+    else:
+        assert len(runs[0]) == 1
+
+
+def test_kept_split_k_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):
+    """A kept split-K TMA launcher whose maps the driver refuses for new pointers queues
+    nothing (no chunk, no sum); the product falls back to the cp.async wgmma chunks."""
+    om = _om()
+    monkeypatch.setattr(om, "FORCE_SPLIT", 3)
+    gpu = _FakeGPU("sm_90")
+    names = []
+    for i in range(2):
+        if i == 1:
+            monkeypatch.setattr(gpu, "tensor_map", lambda *args, **kw: None, raising=False)
+        a = rng.standard_normal((130, 200)).astype(np.float16)
+        b = rng.standard_normal((200, 72)).astype(np.float16)
+        gpu.launches.clear()
+        out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
+                           runtime=gpu)
+        assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
+        names.append([e for e, _, _ in gpu.launches])
+    assert names[0][:-1] == ["matmul_tc_tma_f16_nn_n128c1"] * (len(names[0]) - 1)
+    assert names[1][:-1] == ["matmul_tc_wgmma_f16_nn_n128"] * (len(names[1]) - 1)
+    assert names[0][-1].startswith("matmul_tc_splitk_sum") and names[1][-1] == names[0][-1]
 
 
 def test_kept_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):

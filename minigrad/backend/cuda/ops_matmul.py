@@ -300,14 +300,6 @@ def ws_grid(m, n, batch, bn, cm, sms):
     return cm * min(units, sms // cm)
 
 
-def _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, sa, sb, m, n, k, batch, sms):
-    """The launch of a TMA kernel, as a callable (maps: A 'n' box 64 k x 128 m, A 't'
-    64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header), for
-    C at pc (ldc n, batch entries m*n apart); None if the driver refuses a map."""
-    launch = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)(pa, pb)
-    return None if launch is None else (lambda: launch(pc))
-
-
 def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
     """What _tma_launch computes once per layout: `maps(pa, pb)` encodes the two tensor
     maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C at
@@ -403,28 +395,26 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
 
     if pipelined and hopper:
         bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
-        if USE_TMA and s == 1:
-            maps = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
+        if USE_TMA:
+            if s == 1:
+                maps = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
 
-            def launcher(a, b):             # None (nothing queued) if a map is refused
-                launch = maps(a.ptr, b.ptr)
-                if launch is None:
-                    return None
-                out = be.empty(out_shape, float32)
-                launch(out.ptr)
-                return out
+                def launcher(a, b):         # None (nothing queued) if a map is refused
+                    launch = maps(a.ptr, b.ptr)
+                    if launch is None:
+                        return None
+                    out = be.empty(out_shape, float32)
+                    launch(out.ptr)
+                    return out
+            else:
+                launcher = _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n,
+                                    k, kc, batch, lambda kk, count, ca, cb: _tma_launcher(
+                                        be, rt, dt, layout, lda, ldb, ca, cb, m, n, kk, count,
+                                        sms))
             out = launcher(a, b)
             if out is not None:
                 if in_place:
                     _keep(key, launcher)
-                return out
-        elif USE_TMA:
-            def chunk_launch(pa, pb, pc, ca, cb, kk, count):
-                return _tma_launch(be, rt, dt, layout, pa, pb, pc, lda, ldb, ca, cb, m, n,
-                                   kk, count, sms)
-            out = be.empty(out_shape, float32)
-            if _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
-                        chunk_launch):
                 return out
         name, threads, smem = f"matmul_tc_wgmma_{dt}_{layout}_n{bn}", 256, 197632
     elif pipelined:
@@ -448,13 +438,15 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     if s == 1:
         return one_launch(fn, (tiles, 1, min(batch, 65535)), threads,
                           [lda, ldb, n, sa, sb, m * n, m, n, k, batch], smem)
-    def chunk_launch(pa, pb, pc, ca, cb, kk, count):
-        return lambda: rt.launch(fn, (tiles, 1, min(count, 65535)), threads,
-                                 [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count],
-                                 smem)
-    out = be.empty(out_shape, float32)
-    _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch)
-    return out
+    def chunk_maps(kk, count, ca, cb):
+        return lambda pa, pb: lambda pc: rt.launch(
+            fn, (tiles, 1, min(count, 65535)), threads,
+            [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count], smem)
+    launcher = _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
+                        chunk_maps)
+    if in_place:
+        _keep(key, launcher)
+    return launcher(a, b)
 
 
 def _keep(key, launcher):
@@ -463,43 +455,61 @@ def _keep(key, launcher):
     _FAST[key] = launcher
 
 
+_RT = None
+
+
 def _runtime():
-    from . import runtime
-    return runtime
+    """The CUDA runtime module, imported at the first product (not at import: the host
+    rules here run in tests without PyCUDA) and kept (an import statement per call costs
+    more than the rest of a kept launch's lookup)."""
+    global _RT
+    if _RT is None:
+        from . import runtime
+        _RT = runtime
+    return _RT
 
 
-def _split_k(be, rt, out, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch, chunk_launch):
-    """Split-K (module docstring): chunk j of batch entry i -> slab ws[i, j], then the
-    ordered sum into `out`. `chunk_launch(pa, pb, pc, ca, cb, kk, count)` returns the
-    launch (a callable) of `count` chunks of length kk, A/B/slab at pa/pb/pc and
-    ca/cb elements from one chunk to the next, or None when it cannot (a refused tensor
-    map): then nothing has been queued and this returns False."""
+def _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
+             chunk_maps):
+    """Split-K (module docstring), planned once per layout: returns `launcher(a, b)`, which
+    queues chunk j of batch entry i -> slab ws[i, j], then the ordered sum into a new f32
+    output, and returns that output; or None, with nothing queued, when a chunk cannot be
+    launched (a refused tensor map). `chunk_maps(kk, count, ca, cb)` plans `count` chunks of
+    length kk whose A/B start ca/cb elements apart, as `maps(pa, pb)` -> `launch(pc)` (or
+    None), pc the chunks' first slab."""
     full, rem = divmod(k, kc)
     s = full + (rem > 0)                      # the number of chunks
-    ws = be.empty((batch, s, m, n), float32)
     ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
     cb = kc * ldb if lb == "n" else kc        # and of B
     ia, ib = a.dtype.itemsize, b.dtype.itemsize
-    launches = []
-    for i in range(batch):
-        pa, pb, pc = a.ptr + i * sa * ia, b.ptr + i * sb * ib, ws.ptr + i * s * m * n * 4
-        if full:
-            launches.append(chunk_launch(pa, pb, pc, ca, cb, kc, full))
-        if rem:
-            launches.append(chunk_launch(pa + full * ca * ia, pb + full * cb * ib,
-                                         pc + full * m * n * 4, 0, 0, rem, 1))
-    if None in launches:
-        return False
-    for go in launches:
-        go()
-    v4 = (m * n) % 4 == 0 and ws.ptr % 16 == 0 and out.ptr % 16 == 0
-    fsum = _function(be, rt, "matmul_tc_splitk_sum4" if v4 else "matmul_tc_splitk_sum", 0,
-                     file="matmul_tc.cu")
-    items = (m * n) // 4 if v4 else m * n
-    grid = (max(1, min(-(-items // _SUM_THREADS), 16 * rt.multiprocessors)),
-            min(batch, 65535), 1)
-    rt.launch(fsum, grid, _SUM_THREADS, [ws.ptr, out.ptr, m * n, s, batch])
-    return True
+    parts = ([(chunk_maps(kc, full, ca, cb), 0)] if full else []) + \
+        ([(chunk_maps(rem, 1, 0, 0), full)] if rem else [])
+    sums = {}                                 # 16-byte aligned? -> (kernel, grid, items)
+    for v4 in (True, False):
+        if v4 and (m * n) % 4:
+            continue
+        items = (m * n) // 4 if v4 else m * n
+        sums[v4] = (_function(be, rt, "matmul_tc_splitk_sum4" if v4 else "matmul_tc_splitk_sum",
+                              0, file="matmul_tc.cu"),
+                    (max(1, min(-(-items // _SUM_THREADS), 16 * rt.multiprocessors)),
+                     min(batch, 65535), 1))
+
+    def launcher(a, b):
+        launches = []
+        for i in range(batch):
+            pa, pb = a.ptr + i * sa * ia, b.ptr + i * sb * ib
+            for maps, j in parts:             # j: the part's first chunk
+                launches.append((maps(pa + j * ca * ia, pb + j * cb * ib), (i * s + j) * m * n))
+        if any(go is None for go, _ in launches):
+            return None
+        out = be.empty(out_shape, float32)
+        ws = be.empty((batch, s, m, n), float32)
+        for go, slab in launches:
+            go(ws.ptr + slab * 4)
+        fsum, grid = sums[(m * n) % 4 == 0 and ws.ptr % 16 == 0 and out.ptr % 16 == 0]
+        rt.launch(fsum, grid, _SUM_THREADS, [ws.ptr, out.ptr, m * n, s, batch])
+        return out
+    return launcher
 
 
 def register(be):
