@@ -666,9 +666,10 @@ def run_check(dev, log, impl="tf32", tc=True):
     flash_jobs = [(next(seeds), S, D, c, (2, 3), 1.0) for S, D in FLASH_CASES for c in (False, True)]
     flash_jobs += [(next(seeds), 255, 64, c, (2, 3), 3.0) for c in (False, True)]   # large logits
     flash_jobs += [(next(seeds), 70, 33, True, (2, 3), 1.0), (next(seeds), 33, 7, False, (2, 3), 1.0)]
-    # 15 slices: the causal grids' groups of 8 slices (block_tile), one full and one short
-    flash_jobs += [(next(seeds), 1000, D, True, (3, 5), 1.0) for D in (32, 64, 128)]
+    # 15 slices: the causal grids' groups of 8 slices (mg_block_tile), one full and one short
+    flash_jobs += [(next(seeds), 1000, D, True, (3, 5), 1.0) for D in (32, 64, 128, 256)]
     tc_jobs = [(next(seeds), *c, causal, (2, 3)) for c in TC_CASES for causal in (False, True)] if tc else []
+    tc_jobs += [(next(seeds), 1000, 1000, 64, 64, True, (3, 5))] if tc else []
     log(f"# flash impl: {impl}")
     fls = make_flash(dev, impl)
     if impl == "tf32":   # the shapes here give small grids (host rule: 4 warps); also force 8
@@ -684,10 +685,11 @@ def run_sanitize(dev, log, impl="tf32", tc=True):
     flash_jobs = [(next(seeds), S, D, c, (2,), 1.0) for S, D in ((17, 16), (70, 64), (70, 100), (33, 256), (40, 33),
                                                                   (130, 128), (150, 64))
                   for c in (False, True)]
-    # 9 slices of >= 8 tiles: two causal groups (block_tile), the second of one slice
-    flash_jobs += [(next(seeds), S, D, True, (9,), 1.0) for S, D in ((520, 64), (900, 128))]
+    # 9 slices of >= 8 tiles: two causal groups (mg_block_tile), the second of one slice
+    flash_jobs += [(next(seeds), S, D, True, (9,), 1.0) for S, D in ((520, 64), (900, 128), (520, 256))]
     tc_jobs = [(next(seeds), *x, c, (2,)) for x in ((17, 70, 40, 72), (70, 17, 64, 64), (33, 33, 256, 256),
                                                     (5, 9, 33, 17)) for c in (False, True)] if tc else []
+    tc_jobs += [(next(seeds), 520, 520, 64, 64, True, (9,))] if tc else []
     fls = make_flash(dev, impl, lineinfo=True)
     if impl == "tf32":
         fls = [("", fls, lambda j: True), ("w8", make_flash(dev, impl, True, nw=8), lambda j: j[2] <= 64)]

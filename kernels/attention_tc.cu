@@ -74,7 +74,8 @@
 //   Shared rows are padded by 16 bytes (row stride DP+8 halves), so the 8 row addresses
 //   of each ldmatrix phase hit 8 different 16-byte bank groups.
 //   Causal: key tiles past the block's last row are skipped in both passes; blocks are
-//   issued heaviest-first.  A fully masked row cannot occur (key 0 is visible to all).
+//   issued heaviest first, across groups of 8 slices when a slice has >= 8 query tiles
+//   (mg_block_tile, common.cuh).  A fully masked row cannot occur (key 0 is visible to all).
 #include "common.cuh"
 
 namespace atc {
@@ -131,9 +132,9 @@ __device__ __forceinline__ void attention(const u16* __restrict__ Q, const u16* 
     float* red = reinterpret_cast<float*>(Vst + 2 * BC * LD);   // KS > 1: [2][KS][BRB] m, l
 
     const int nqt = (Sq + BRB - 1) / BRB, nkt_all = (Sk + BC - 1) / BC;
-    const int b = blockIdx.x / nqt;
-    int qt = blockIdx.x % nqt;
-    if (CAUSAL) qt = nqt - 1 - qt;
+    int b, qt;
+    mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    if (CAUSAL) qt = nqt - 1 - qt;                  // rank 0 = the last tile, most work
     const int q0 = qt * BRB;
     const u16* q = Q + (size_t)b * Sq * Dk;
     const u16* k = K + (size_t)b * Sk * Dk;

@@ -58,6 +58,36 @@ __device__ __forceinline__ void mg_tile_origin(int M, int N, int bm, int bn, int
     n0 = tn * bn;
 }
 
+// ---- block -> (slice, tile) (the attention kernels) ----
+// The grid is B * ntiles blocks, one tile (of query rows, or of keys) of one slice each;
+// this gives the slice b and the tile's rank. Without a mask every tile is the same work:
+// slice-major. Causal tiles are not (a query tile sees more keys the later it is, a key
+// tile fewer queries), so blocks go heaviest first (rank 0 = most work; the kernel maps
+// rank to its tile) - across a group of MG_CAUSAL_GROUP slices, not within one slice: the
+// last wave then holds the lightest tiles of the last group instead of a whole slice's
+// heavy-to-light run, while the group's K/V stay together in L2. (A list-scheduling model
+// of 132 SMs: 64 x 4096 x 128 causal 274 -> 256 time units, the mean being 256; 8 x 4096 x
+// 128 51 -> 32; measured on an H200 with flash_attention_tf32.cu: -6 % and -37 % fwd+bwd
+// GPU time.) Slices of fewer than MG_GROUP_MIN_TILES tiles keep the slice-major order
+// (heaviest first within the slice): there the model gains little and the GPT shape
+// (384 x 256 x 64) measured 6 % slower grouped (benchmarks/notes_attention.md, "Causal
+// block order").
+constexpr int MG_CAUSAL_GROUP = 8, MG_GROUP_MIN_TILES = 8;
+template <bool CAUSAL>
+__device__ __forceinline__ void mg_block_tile(int ntiles, int B, int& b, int& rank) {
+    const int bid = (int)blockIdx.x;
+    if (!CAUSAL || ntiles < MG_GROUP_MIN_TILES) {
+        b = bid / ntiles;
+        rank = bid % ntiles;
+        return;
+    }
+    const int per_group = MG_CAUSAL_GROUP * ntiles, group = bid / per_group,
+              r = bid % per_group;
+    const int slices = min(MG_CAUSAL_GROUP, B - group * MG_CAUSAL_GROUP);  // last group: fewer
+    b = group * MG_CAUSAL_GROUP + r % slices;
+    rank = r / slices;
+}
+
 // ---- epilogue stores of the matmul kernels ----
 // An accumulator pair (v0, v1) -> row[col], row[col + 1] of an output row, columns >= N
 // dropped. pair_ok (even row stride, base aligned to the pair: 8 bytes for f32, 4 for

@@ -51,7 +51,8 @@
 //   -DFA_DROPOUT=0 builds only the kernels without dropout, =1 only the _dropout ones (and
 //   the preprocess); undefined: both (57 kernels).
 //   Backward order: L (the _with_stats fwd, or the lse kernel) -> preprocess -> dkdv -> dq
-//   (dq and dkdv are independent of each other; both need L and Dd).  Every output element
+//   (dq and dkdv are independent of each other; both need L and Dd: the host runs dq on a
+//   second stream beside dkdv).  Every output element
 //   is written exactly once by one block (no atomics, deterministic).
 //   Build option: -DFA_ONLY_DP=64 (etc.) instantiates the kernels of one DP only (the full
 //   file holds 33 kernels without dropout and takes NVRTC tens of seconds; a runtime may compile per DP).
@@ -93,7 +94,9 @@
 //           Q.K(j+1)).  Online softmax: running max m, running partial sum l (reduced
 //           across the 8 lanes only at the end), O rescaled by exp2(m_old - m_new).
 //           Causal: key tiles past the block's last row are skipped, the diagonal tile is
-//           masked; blocks are issued heaviest-first.  out = O / l; L = (m + log2 l) ln 2.
+//           masked; blocks are issued heaviest first, across groups of 8 slices when a
+//           slice has >= 8 tiles (mg_block_tile, common.cuh; dq and dkdv likewise).
+//           out = O / l; L = (m + log2 l) ln 2.
 //   dq    : a block owns 64 query rows (Q, dO resident); per key tile: dP = dO.V^T,
 //           S = Q.K^T, dS = P (dP - D) -> shared, dQ += dS.K.  Same streaming as fwd.
 //   dkdv  : a block owns BCK keys (K, V resident) and its dK, dV accumulators; per query
@@ -297,9 +300,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     float* Ps = Vs + BC * LDV;
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    const int b = blockIdx.x / nqt;
-    int qt = blockIdx.x % nqt;
-    if (CAUSAL) qt = nqt - 1 - qt;                  // heaviest query tiles first
+    int b, qt;
+    mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    if (CAUSAL) qt = nqt - 1 - qt;                  // rank 0 = the last tile, most work
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = PV ? V + off : nullptr;
@@ -433,9 +436,9 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
     float* dSs = Vs + BC * LDK;
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    const int b = blockIdx.x / nqt;
-    int qt = blockIdx.x % nqt;
-    if (CAUSAL) qt = nqt - 1 - qt;
+    int b, qt;
+    mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    if (CAUSAL) qt = nqt - 1 - qt;                  // rank 0 = the last tile, most work
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;
@@ -538,8 +541,8 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
     float* dST = PT + BCK * LDT;
 
     const int nkt = (S + BCK - 1) / BCK, nqt = (S + BRQ - 1) / BRQ;
-    const int b = blockIdx.x / nkt;
-    const int kt = blockIdx.x % nkt;                // causal: low kt = most work, issued first
+    int b, kt;
+    mg_block_tile<CAUSAL>(nkt, B, b, kt);           // causal: rank 0 = key tile 0, most work
     const int k0 = kt * BCK;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;

@@ -102,15 +102,15 @@
 //          tile).  Per tile: S = Q.K^T, masks, online softmax (running max m and sum l per row,
 //          O rescaled by exp2(m_old - m_new)), O += P.V.  Causal: key tiles past the block's
 //          last row are not loaded, a warp skips tiles that lie wholly above its rows, blocks
-//          are issued heaviest first across groups of 8 slices (block_tile).
+//          are issued heaviest first across groups of 8 slices (mg_block_tile).
 //          out = O / l (dropout: O (1/(1-p)) / l), L = (m + log2 l) ln 2.
 //   dq   : a block owns 16*NW query rows (Q, dO resident); per key tile: dP = dO.V^T,
 //          S = Q.K^T, P = exp2(S*scale*log2e - L log2e), dS = P (dP - D), dQ += dS.K.
-//          Causal: as fwd (key tiles past the last row skipped, blocks by block_tile).
+//          Causal: as fwd (key tiles past the last row skipped, blocks by mg_block_tile).
 //   dkdv : a block owns 16*NW keys (K, V resident) and their dK, dV accumulators; per query tile
 //          of BRQ rows (Q, dO, L, D double-buffered): S^T = K.Q^T, dP^T = V.dO^T, P^T, dS^T,
 //          dV += P^T.dO, dK += dS^T.Q.  Causal: query tiles before the block's first key are
-//          skipped, a warp skips tiles that lie wholly before its keys, blocks by block_tile
+//          skipped, a warp skips tiles that lie wholly before its keys, blocks by mg_block_tile
 //          (key tile 0 first).  Padded query rows
 //          (>= S) are masked (P = 0); padded key rows are computed and not stored.
 //   Masked scores are -inf before the exponent (exactly 0).  Every output element is written
@@ -147,32 +147,6 @@ __host__ __device__ constexpr int min_blocks(int smem, bool regfit) {
 }
 
 __host__ __device__ constexpr int rho(int c) { return (c >> 1) + ((c & 1) << 2); }   // 0,4,1,5,2,6,3,7
-
-// The slice b and the tile rank of this block (the grid is B * ntiles blocks). Without a
-// mask every tile is the same work: slice-major. Causal tiles are not (a query tile sees
-// more keys the later it is, a key tile fewer queries), so blocks go heaviest first (rank
-// 0 = most work) - across a group of CAUSAL_GROUP slices, not within one slice: the last
-// wave then holds the lightest tiles of the last group instead of a whole slice's
-// heavy-to-light run, while the group's K/V stay together in L2. (A list-scheduling model
-// of 132 SMs: 64 x 4096 x 128 causal 274 -> 256 time units, the mean being 256; 8 x 4096 x
-// 128 51 -> 32; measured on an H200: -6 % and -37 % fwd+bwd GPU time.) Slices of fewer
-// than GROUP_MIN_TILES tiles keep the slice-major order (heaviest first within the slice):
-// there the model gains little and the GPT shape (384 x 256 x 64) measured 6 % slower
-// grouped (benchmarks/notes_attention.md, "Causal block order").
-constexpr int CAUSAL_GROUP = 8, GROUP_MIN_TILES = 8;
-template <bool CAUSAL>
-__device__ __forceinline__ void block_tile(int ntiles, int B, int& b, int& rank) {
-    const int bid = (int)blockIdx.x;
-    if (!CAUSAL || ntiles < GROUP_MIN_TILES) {
-        b = bid / ntiles;
-        rank = bid % ntiles;
-        return;
-    }
-    const int per_group = CAUSAL_GROUP * ntiles, group = bid / per_group, r = bid % per_group;
-    const int slices = min(CAUSAL_GROUP, B - group * CAUSAL_GROUP);   // the last group: fewer
-    b = group * CAUSAL_GROUP + r % slices;
-    rank = r / slices;
-}
 
 // ------------------------------------------------------------------------------ 3xTF32 --
 // big = x with the low 13 bits cleared (TF32), small = x - big (exact; the MMA reads its
@@ -477,7 +451,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
     int b, qt;
-    block_tile<CAUSAL>(nqt, B, b, qt);
+    mg_block_tile<CAUSAL>(nqt, B, b, qt);
     if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
@@ -600,7 +574,7 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
     int b, qt;
-    block_tile<CAUSAL>(nqt, B, b, qt);
+    mg_block_tile<CAUSAL>(nqt, B, b, qt);
     if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
@@ -692,7 +666,7 @@ __device__ __forceinline__ void bwd_dkdv(const float* __restrict__ Q, const floa
 
     const int nkt = (S + BCK - 1) / BCK, nqt = (S + BRQ - 1) / BRQ;
     int b, kt;
-    block_tile<CAUSAL>(nkt, B, b, kt);               // causal: rank 0 = key tile 0, most work
+    mg_block_tile<CAUSAL>(nkt, B, b, kt);               // causal: rank 0 = key tile 0, most work
     const int k0 = kt * BCK;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;

@@ -79,14 +79,15 @@ def test_flash_forward_stats_and_backward(s, d, causal, poisoned_device, rng):
         close(got.numpy(), ref, rel=1e-3, abs_=1e-4)
 
 
-@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("d", [32, 64, 128, 200])
 def test_flash_causal_many_slices(d, poisoned_device, rng):
     """15 slices of 8 or more query/key tiles each: the causal kernels issue their blocks
     heaviest first across groups of 8 slices (a full group and a short one here), and
-    every slice must still get its own tiles, forward, stats and backward."""
+    every slice must still get its own tiles, forward, stats and backward (3xTF32 kernels
+    for d <= 128, FFMA for d = 200)."""
     if poisoned_device == "cpu":
         pytest.skip("the block order is the CUDA kernels' (the CPU path is the reference)")
-    shape = (3, 5, 1000, d)
+    shape = (3, 5, 1000 if d <= 128 else 600, d)
     q, k, v, do = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
     ref_out, ref_lse, _ = ref_attention64(q, k, v, True)
     qt, kt, vt = (Tensor(x, device=poisoned_device, requires_grad=True) for x in (q, k, v))
@@ -222,6 +223,23 @@ def test_attention_tc(sq, sk, dk, dv, causal, poisoned_device, rng):
         for got_g, ref_g in zip((qt.grad, kt.grad, vt.grad), ref_grads64(q, k, v, do, causal)):
             g = got_g.numpy().astype(np.float64)
             assert np.linalg.norm(g - ref_g) <= 2e-2 * np.linalg.norm(ref_g) + 1e-6
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("split", [False, True], ids=["64-row", "32-row"])
+def test_attention_tc_causal_many_slices(split, rng, monkeypatch):
+    """attention_tc_causal over 15 slices of >= 8 query tiles (blocks heaviest first across
+    groups of 8 slices: a full group and a short one), both block sizes (the host picks the
+    32-row split kernel for grids under two waves), poisoned output."""
+    from minigrad.backend.cuda import backend as bm
+    from minigrad.backend.cuda import ops_attention
+    monkeypatch.setattr(bm, "POISON", True)
+    monkeypatch.setattr(ops_attention.runtime, "multiprocessors", 1 if not split else 10**6)
+    shape = (3, 5, 700, 64)
+    q, k, v = (rng.standard_normal(shape).astype(np.float16) for _ in range(3))
+    got = mg.ops.attention_tc_causal(*(Tensor(x, device="cuda") for x in (q, k, v))).numpy()
+    ref = reference.attention_tc(q, k, v, True)
+    assert np.abs(got - ref).max() <= 2e-3 * max(1.0, np.abs(ref).max())
 
 
 def test_self_attention_step_matches_cpu(rng):
