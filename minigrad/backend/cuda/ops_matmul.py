@@ -339,7 +339,7 @@ def _function(be, rt, name, smem, file=None, fmt=None):
     return fn
 
 
-_FAST: dict = {}   # tc_matmul's layout key -> the launcher of its one kernel
+_FAST: dict = {}   # tc_matmul's layout key -> its launcher (pointers in, output out)
 
 
 def tc_matmul(be, a, b, pipelined: bool, runtime=None):
@@ -347,9 +347,10 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
     `runtime` defaults to minigrad.backend.cuda.runtime (tests may pass a stand-in).
 
     The choice of kernel depends on shapes, strides and pointer alignment only, so the
-    first call with a layout remembers, when the product is one launch of operands read
-    in place, a launcher taking just the pointers (`_FAST`): a training loop's matmuls
-    skip the rules below (tens of microseconds of Python per call otherwise)."""
+    first call with a layout remembers, when its operands are read in place, a launcher
+    taking just the pointers (`_FAST`; one launch, or split-K's chunks and sum): a
+    training loop's matmuls skip the rules below (tens of microseconds of Python per call
+    otherwise)."""
     rt = runtime if runtime is not None else _runtime()
     key = (be, rt, pipelined, a.dtype, a.shape, a.strides, b.shape, b.strides,
            a.ptr % 16 == 0, b.ptr % 16 == 0, FORCE_SPLIT, USE_TMA, USE_WGSYNC)
