@@ -301,9 +301,11 @@ def ws_grid(m, n, batch, bn, cm, sms):
 
 
 def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
-    """What _tma_launch computes once per layout: `maps(pa, pb)` encodes the two tensor
-    maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C at
-    pc; None if the driver refuses a map."""
+    """A TMA kernel's launch, planned once per layout (maps: A 'n' box 64 k x 128 m, A 't'
+    64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header; `batch`
+    entries sa/sb elements apart, C's m*n apart with ldc n): `maps(pa, pb)` encodes the two
+    tensor maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C
+    at pc; None if the driver refuses a map."""
     bn, cm = ws_tile(m, n, batch, sms)
     at, bt = layout[0] == "t", layout[1] == "t"
     map_a = operand_map(dt, at, m, k, lda, sa, batch, 64 if at else 128)
@@ -485,7 +487,7 @@ def _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, bat
     ia, ib = a.dtype.itemsize, b.dtype.itemsize
     parts = ([(chunk_maps(kc, full, ca, cb), 0)] if full else []) + \
         ([(chunk_maps(rem, 1, 0, 0), full)] if rem else [])
-    sums = {}                                 # 16-byte aligned? -> (kernel, grid, items)
+    sums = {}                                 # float4 sum (16-byte aligned)? -> (kernel, grid)
     for v4 in (True, False):
         if v4 and (m * n) % 4:
             continue
