@@ -515,23 +515,31 @@ def test_launcher_kept_per_layout_emulated(case, arch, pipelined, monkeypatch, r
         assert len(runs[0]) == 1
 
 
-def test_kept_split_k_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):
-    """A kept split-K TMA launcher whose maps the driver refuses for new pointers queues
-    nothing (no chunk, no sum); the product falls back to the cp.async wgmma chunks."""
+def _kept_then_refused(monkeypatch, rng, a_shape, b_shape):
+    """Two products of one layout on the stand-in sm_90 GPU, the driver refusing every tensor
+    map from the second on (after the first kept its TMA launcher): each correct; the kernel
+    names each one queued."""
     om = _om()
-    monkeypatch.setattr(om, "FORCE_SPLIT", 3)
     gpu = _FakeGPU("sm_90")
     names = []
     for i in range(2):
         if i == 1:
             monkeypatch.setattr(gpu, "tensor_map", lambda *args, **kw: None, raising=False)
-        a = rng.standard_normal((130, 200)).astype(np.float16)
-        b = rng.standard_normal((200, 72)).astype(np.float16)
+        a = rng.standard_normal(a_shape).astype(np.float16)
+        b = rng.standard_normal(b_shape).astype(np.float16)
         gpu.launches.clear()
         out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
                            runtime=gpu)
         assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
         names.append([e for e, _, _ in gpu.launches])
+    return names
+
+
+def test_kept_split_k_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):
+    """A kept split-K TMA launcher whose maps the driver refuses for new pointers queues
+    nothing (no chunk, no sum); the product falls back to the cp.async wgmma chunks."""
+    monkeypatch.setattr(_om(), "FORCE_SPLIT", 3)
+    names = _kept_then_refused(monkeypatch, rng, (130, 200), (200, 72))
     assert names[0][:-1] == ["matmul_tc_tma_f16_nn_n128c1"] * (len(names[0]) - 1)
     assert names[1][:-1] == ["matmul_tc_wgmma_f16_nn_n128"] * (len(names[1]) - 1)
     assert names[0][-1].startswith("matmul_tc_splitk_sum") and names[1][-1] == names[0][-1]
@@ -540,20 +548,8 @@ def test_kept_split_k_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch,
 def test_kept_tma_launcher_falls_back_when_a_map_is_refused(monkeypatch, rng):
     """A kept TMA launcher whose maps the driver refuses for new pointers queues nothing;
     the product falls back to the cp.async wgmma kernel, correctly."""
-    om = _om()
-    gpu = _FakeGPU("sm_90")
-    names = []
-    for i in range(2):
-        if i == 1:
-            monkeypatch.setattr(gpu, "tensor_map", lambda *args, **kw: None, raising=False)
-        a = rng.standard_normal((130, 72)).astype(np.float16)
-        b = rng.standard_normal((72, 264)).astype(np.float16)
-        gpu.launches.clear()
-        out = om.tc_matmul(gpu, gpu.upload(a, mg.float16), gpu.upload(b, mg.float16), True,
-                           runtime=gpu)
-        assert _rel(gpu.buf_arr(out), a.astype(np.float64) @ b.astype(np.float64)) < 1e-5
-        names += [e for e, _, _ in gpu.launches]
-    assert names == ["matmul_tc_tma_f16_nn_n128c1", "matmul_tc_wgmma_f16_nn_n128"]
+    names = _kept_then_refused(monkeypatch, rng, (130, 72), (72, 264))
+    assert sum(names, []) == ["matmul_tc_tma_f16_nn_n128c1", "matmul_tc_wgmma_f16_nn_n128"]
 
 
 def test_ws_tile_rule():

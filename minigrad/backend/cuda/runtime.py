@@ -237,16 +237,21 @@ def fork():
     queued on the main stream so far and concurrently with what is queued there next."""
     if capture is not None:
         capture.entries.append((_FORK,))
-    _fork_event.record(stream)
-    side_stream.wait_for_event(_fork_event)
+    _order(stream, side_stream, _fork_event)
 
 
 def join():
     """The main stream waits for the side stream's work before anything queued after."""
     if capture is not None:
         capture.entries.append((_JOIN,))
-    _join_event.record(side_stream)
-    stream.wait_for_event(_join_event)
+    _order(side_stream, stream, _join_event)
+
+
+def _order(first, then, event):
+    """Stream `then` waits for everything queued on stream `first` so far (fork and join,
+    and their replays)."""
+    event.record(first)
+    then.wait_for_event(event)
 
 
 _LAUNCH, _HTOD, _DTOD, _MEMSET, _FORK, _JOIN = range(6)
@@ -272,10 +277,8 @@ def replay(entries):
         elif kind == _MEMSET:
             drv.memset_d8_async(e[1], e[2], e[3], stream)
         elif kind == _FORK:
-            _fork_event.record(stream)
-            side_stream.wait_for_event(_fork_event)
+            _order(stream, side_stream, _fork_event)
         elif kind == _JOIN:
-            _join_event.record(side_stream)
-            stream.wait_for_event(_join_event)
+            _order(side_stream, stream, _join_event)
         else:
             drv.memcpy_htod_async(e[1], e[2], stream)
