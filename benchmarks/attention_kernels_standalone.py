@@ -356,11 +356,14 @@ class Flash3:
         name = {"fwd": f"flash_tf32_fwd{c}", "dq": f"flash_tf32_bwd_dq{c}",
                 "dkdv": f"flash_tf32_bwd_dkdv{c}", "lse": f"flash_tf32_lse{c}"}[kind] + f"_d{dp}_w{nw}"
         fmt = {"fwd": "PPPPPiiif", "dq": "PPPPPPPiiif", "dkdv": "PPPPPPPPiiif", "lse": "PPPiiif"}[kind]
+        tiles = math.ceil(S / (16 * nw)) * B
+        # the non-causal forward's tail split (minigrad's host rule): none here
+        split = [tiles, 1, 0, 0] if kind == "fwd" and not causal else []
         smem = fa3_smem(dp, nw)[kind]
-        f = self.dev.func(self.mod, name, fmt, smem)
-        f.prepared_async_call((math.ceil(S / (16 * nw)) * B, 1, 1), (32 * nw, 1, 1), None,
+        f = self.dev.func(self.mod, name, fmt + "iiPP" * bool(split), smem)
+        f.prepared_async_call((tiles, 1, 1), (32 * nw, 1, 1), None,
                               *[int(x) if x is not None else 0 for x in ptrs],
-                              B, S, D, np.float32(1 / math.sqrt(D)), shared_size=smem)
+                              B, S, D, np.float32(1 / math.sqrt(D)), *split, shared_size=smem)
 
     def fwd(self, q, k, v, o, lse, B, S, D, causal):
         self._launch("fwd", S, B, D, causal, q, k, v, o, lse)

@@ -66,6 +66,9 @@ def install_fake_pycuda():
         def set_attribute(self, *a):
             pass
 
+        def get_attribute(self, a):    # registers per thread, static shared memory
+            return {4: 128, 1: 0}[a]
+
     class _Module:
         def get_function(self, name):
             return _Function(name)
@@ -87,8 +90,10 @@ def install_fake_pycuda():
         def name(self):
             return "fake GPU (stubbed PyCUDA)"
 
-        def get_attribute(self, a):
-            return 132
+        def get_attribute(self, a):    # an H100's / H200's numbers
+            return {"MULTIPROCESSOR_COUNT": 132, "MAX_REGISTERS_PER_MULTIPROCESSOR": 65536,
+                    "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR": 233472,
+                    "MAX_THREADS_PER_MULTIPROCESSOR": 2048}[a]
 
     class _Stream:
         def synchronize(self):
@@ -109,8 +114,11 @@ def install_fake_pycuda():
     drv.init, drv.Device, drv.Stream, drv.Function = nop, _Device, _Stream, _Function
     drv.Event, drv.event_flags = _Event, types.SimpleNamespace(DISABLE_TIMING=2)
     drv.Error = drv.MemoryError = RuntimeError
-    drv.device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT=16)
-    drv.function_attribute = types.SimpleNamespace(MAX_DYNAMIC_SHARED_SIZE_BYTES=8)
+    drv.device_attribute = types.SimpleNamespace(**{a: a for a in (
+        "MULTIPROCESSOR_COUNT", "MAX_REGISTERS_PER_MULTIPROCESSOR",
+        "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", "MAX_THREADS_PER_MULTIPROCESSOR")})
+    drv.function_attribute = types.SimpleNamespace(MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
+                                                   NUM_REGS=4, SHARED_SIZE_BYTES=1)
     drv.memcpy_htod_async = drv.memcpy_dtoh_async = drv.memcpy_dtod_async = nop
     drv.memset_d8_async = nop
     drv.mem_get_info = lambda: (0, 0)

@@ -42,6 +42,11 @@
 // only); C = "" | "_causal"; argument formats as flash_attention.cu's kernels of the same role)
 //   flash_tf32_fwd{C}_{X}_{W}      (q, k, v, o, lse, B, S, D, scale)              "PPPPPiiif"
 //       lse == NULL: plain forward; else the _with_stats forward (same o, also L).
+//       Non-causal (C = ""): also (split_first, split_parts, o_part, l_part)   + "iiPP":
+//       the tail split (fa3::TailSplit below; parts = 1: none, grid as below; else
+//       grid first + parts * (tiles - first), then flash_tf32_merge).
+//   flash_tf32_merge (o_part, l_part, o, lse, S, D, rows_per_tile, first, ntail, parts)
+//       "PPPPiiiiii": block 256, grid ceil(ntail * rows_per_tile / 8); parts <= 8.
 //   flash_tf32_lse{C}_{X}_{W}      (q, k, lse, B, S, D, scale)                    "PPPiiif"
 //       L only; bit-identical to the lse of the stats forward of the same W.
 //   flash_tf32_bwd_preprocess      (dO, o, Dd, rows, D)                           "PPPqi"
@@ -103,7 +108,8 @@
 //          O rescaled by exp2(m_old - m_new)), O += P.V.  Causal: key tiles past the block's
 //          last row are not loaded, a warp skips tiles that lie wholly above its rows, blocks
 //          are issued heaviest first across groups of 8 slices (mg_block_tile).
-//          out = O / l (dropout: O (1/(1-p)) / l), L = (m + log2 l) ln 2.
+//          out = O / l (dropout: O (1/(1-p)) / l), L = (m + log2 l) ln 2.  Non-causal: the
+//          tiles of a partly filled last wave may run as key ranges, merged by their L.
 //   dq   : a block owns 16*NW query rows (Q, dO resident); per key tile: dP = dO.V^T,
 //          S = Q.K^T, P = exp2(S*scale*log2e - L log2e), dS = P (dP - D), dQ += dS.K.
 //          Causal: as fwd (key tiles past the last row skipped, blocks by mg_block_tile).
@@ -435,11 +441,24 @@ __device__ __forceinline__ unsigned keep_k(const DropArgs& dr, int b, int j0, in
 }
 
 // ------------------------------------------------------------------------------ forward --
+// Tail split of the non-causal forward (host rule: ops_attention._tail_split).  A grid of
+// equal tiles on one or two blocks per SM ends in a partly filled wave (64 x 4096 x 128: 2048
+// tiles on 132 SMs, the 16th wave 68 tiles wide, 64 SMs idle for its length).  Blocks from
+// `first` on each take one of `parts` key ranges of a tail tile (tile first + r % ntail, part
+// r / ntail, r = blockIdx.x - first) and write that range's normalised output and log-sum-exp
+// to o_part / l_part ([parts][ntail][16 NW rows] x D, [parts][ntail][16 NW]); flash_tf32_merge
+// combines them: L = log sum_p exp(L_p), out = sum_p exp(L_p - L) out_p.  parts <= 1: no split.
+struct TailSplit {
+    int first, parts;
+    float *o, *l;
+};
+
 template <int DP, int NW, bool CAUSAL, bool PV = true, bool DROP = false>
 __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __restrict__ K,
                                     const float* __restrict__ V, float* __restrict__ O,
                                     float* __restrict__ LSE, int B, int S, int D, float scale,
-                                    const DropArgs& drop = DropArgs{}) {
+                                    const DropArgs& drop = DropArgs{},
+                                    const TailSplit& split = TailSplit{0, 1, nullptr, nullptr}) {
     static_assert(PV || !DROP, "dropout needs the P.V product");
     constexpr int BC = FWD_BC;
     constexpr int BR = 16 * NW, NT = 32 * NW, LD = DP + 4, NJ = BC / 8, NO = DP / 8;
@@ -450,13 +469,23 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     float* Vs = Ks + 2 * BC * LD;                    // [2][BC][LD] (PV only)
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    int b, qt;
-    mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    int b, qt, kt_lo = 0, kt_hi = nkt_all, part = -1, slot = 0;   // slot: tile's index in o_part
+    if (!CAUSAL && split.parts > 1 && (int)blockIdx.x >= split.first) {
+        const int ntail = nqt * B - split.first, r = (int)blockIdx.x - split.first;
+        part = r / ntail;
+        slot = part * ntail + r % ntail;
+        b = (split.first + r % ntail) / nqt;
+        qt = (split.first + r % ntail) % nqt;
+        kt_lo = part * nkt_all / split.parts;
+        kt_hi = (part + 1) * nkt_all / split.parts;
+    } else {
+        mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    }
     if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = PV ? V + off : nullptr;
-    const int nkt = CAUSAL ? min(nkt_all, (q0 + BR - 1) / BC + 1) : nkt_all;
+    const int nkt = CAUSAL ? min(nkt_all, (q0 + BR - 1) / BC + 1) : kt_hi;
 
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wbase = 32 * (w >> 1) + 8 * (w & 1);
@@ -471,12 +500,12 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     float m_lo = -inf(), m_hi = -inf(), l_lo = 0.f, l_hi = 0.f;
 
     load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(Qs, q, q0, S, D);
-    mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    if (PV) load_pairs<KeyPairs, BC / 2, DP, LDV, NT>(Vs, v, 0, S, D);
+    mg_load_rows<BC, DP, LD, NT>(Ks, k, kt_lo * BC, S, D, vec);
+    if (PV) load_pairs<KeyPairs, BC / 2, DP, LDV, NT>(Vs, v, kt_lo * BC, S, D);
     mg_cp_async_commit();
 
-    for (int kt = 0; kt < nkt; ++kt) {
-        const int k0 = kt * BC, buf = kt & 1;
+    for (int kt = kt_lo; kt < nkt; ++kt) {
+        const int k0 = kt * BC, buf = (kt - kt_lo) & 1;
         mg_cp_async_wait<0>();
         __syncthreads();                             // tile kt visible; tile kt-1's buffers free
         if (kt + 1 < nkt) {
@@ -545,6 +574,17 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    if (part >= 0) {                                 // a key range of a tail tile
+        float* op = split.o + (size_t)slot * BR * D;
+        const bool vec_out = (D & 3) == 0 && mg_aligned16(split.o);
+        const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
+        store_rows<DP>(op, o, i_lo, i_hi, rlo, rhi, S - q0, D, t, vec_out);
+        if (t == 0) {
+            if (q0 + rlo < S) split.l[(size_t)slot * BR + rlo] = (m_lo + log2f(l_lo)) * LN2;
+            if (q0 + rhi < S) split.l[(size_t)slot * BR + rhi] = (m_hi + log2f(l_hi)) * LN2;
+        }
+        return;
+    }
     if (PV) {
         const bool vec_out = (D & 3) == 0 && mg_aligned16(O);
         const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
@@ -767,13 +807,53 @@ flash_tf32_bwd_preprocess(const float* __restrict__ dO, const float* __restrict_
     mg_attn_bwd_preprocess(dO, O, Dd, rows, D);
 }
 
+// Combines the key ranges of the tail tiles (fa3::TailSplit): one warp per row of a tail
+// tile; rows_per_tile = 16 NW of the forward that wrote o_part / l_part.  LSE may be NULL.
+constexpr int FA3_MAX_PARTS = 8;
+extern "C" __global__ void __launch_bounds__(256)
+flash_tf32_merge(const float* __restrict__ o_part, const float* __restrict__ l_part,
+                 float* __restrict__ O, float* __restrict__ LSE, int S, int D, int rows_per_tile,
+                 int first, int ntail, int parts) {
+    const long long gw = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31, br = rows_per_tile, nqt = (S + br - 1) / br;
+    if (gw >= (long long)ntail * br) return;
+    const int j = (int)(gw / br), r = (int)(gw % br), tile = first + j;
+    const int b = tile / nqt, row = (tile % nqt) * br + r;
+    if (row >= S) return;
+    float lp[FA3_MAX_PARTS], lmax = -fa3::inf(), wsum = 0.f;
+#pragma unroll
+    for (int p = 0; p < FA3_MAX_PARTS; ++p)
+        if (p < parts) {
+            lp[p] = l_part[((size_t)p * ntail + j) * br + r];
+            lmax = fmaxf(lmax, lp[p]);
+        }
+#pragma unroll
+    for (int p = 0; p < FA3_MAX_PARTS; ++p)
+        if (p < parts) {
+            lp[p] = expf(lp[p] - lmax);              // now the weight of part p, before 1/sum
+            wsum += lp[p];
+        }
+    const float inv = 1.f / wsum;
+    float* orow = O + ((size_t)b * S + row) * D;
+    for (int d = lane; d < D; d += 32) {
+        float acc = 0.f;
+#pragma unroll
+        for (int p = 0; p < FA3_MAX_PARTS; ++p)
+            if (p < parts) acc = fmaf(lp[p], o_part[(((size_t)p * ntail + j) * br + r) * D + d], acc);
+        orow[d] = acc * inv;
+    }
+    if (LSE != nullptr && lane == 0) LSE[(size_t)b * S + row] = lmax + logf(wsum);
+}
+
 // (DP, NW) instances; REGFIT: the instance fits 128 registers per thread (see min_blocks)
 #define FA3_LB(NW, SMEM, REGFIT) __launch_bounds__(32 * NW, fa3::min_blocks(SMEM, REGFIT))
 #define FA3_KERNELS_PLAIN(DP, NW, FIT_FWD, FIT_BWD)                                                   \
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_fwd<DP, NW>()), FIT_FWD)                       \
     flash_tf32_fwd_d##DP##_w##NW(const float* q, const float* k, const float* v, float* o,          \
-                                 float* lse, int B, int S, int D, float scale) {                    \
-        fa3::fwd<DP, NW, false>(q, k, v, o, lse, B, S, D, scale);                                   \
+                                 float* lse, int B, int S, int D, float scale, int split_first,     \
+                                 int split_parts, float* o_part, float* l_part) {                   \
+        fa3::fwd<DP, NW, false>(q, k, v, o, lse, B, S, D, scale, fa3::DropArgs{},                   \
+                                fa3::TailSplit{split_first, split_parts, o_part, l_part});          \
     }                                                                                                \
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_fwd<DP, NW>()), FIT_FWD)                       \
     flash_tf32_fwd_causal_d##DP##_w##NW(const float* q, const float* k, const float* v, float* o,   \
@@ -819,8 +899,10 @@ flash_tf32_bwd_preprocess(const float* __restrict__ dO, const float* __restrict_
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_fwd<DP, NW>()), FIT_FWD)                       \
     flash_tf32_fwd_dropout_d##DP##_w##NW(const float* q, const float* k, const float* v, float* o,  \
                                          float* lse, int B, int S, int D, float scale,              \
-                                         fa3::DropArgs drop) {                                       \
-        fa3::fwd<DP, NW, false, true, true>(q, k, v, o, lse, B, S, D, scale, drop);                 \
+                                         int split_first, int split_parts, float* o_part,           \
+                                         float* l_part, fa3::DropArgs drop) {                        \
+        fa3::fwd<DP, NW, false, true, true>(q, k, v, o, lse, B, S, D, scale, drop,                  \
+                                            fa3::TailSplit{split_first, split_parts, o_part, l_part}); \
     }                                                                                                \
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_fwd<DP, NW>()), FIT_FWD)                       \
     flash_tf32_fwd_causal_dropout_d##DP##_w##NW(const float* q, const float* k, const float* v,     \

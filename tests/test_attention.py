@@ -11,6 +11,7 @@ import pytest
 import minigrad as mg
 from minigrad import Tensor
 from minigrad.backend import reference
+from cuda_stand_ins import run_stubbed     # tests/cuda_stand_ins.py
 
 
 def ref_attention64(q, k, v, causal):
@@ -165,6 +166,85 @@ def test_flash_backward_dq_beside_dkdv(s, d, p, causal, rng, monkeypatch):
     for a, b in zip(grads[True], grads[False]):
         assert np.array_equal(a, b)
     assert not any(np.isnan(g).any() for g in grads[True])
+
+
+# (lead, S, D, dropout p, first split tile, parts): the split forced, as the host's rule would
+# pick it on a large grid; uneven key ranges, a last key tile part-masked, every tile split
+TAIL_SPLITS = [((3,), 1000, 128, 0.0, 19, 3), ((2, 3), 255, 64, 0.0, 0, 4),
+               ((1,), 4097, 100, 0.0, 25, 8), ((2,), 700, 32, 0.0, 21, 2),
+               ((2, 2), 300, 64, 0.3, 9, 2), ((3,), 200, 128, 0.1, 3, 3)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lead,s,d,p,first,parts", TAIL_SPLITS, ids=lambda v: str(v))
+def test_flash_forward_tail_split(lead, s, d, p, first, parts, rng, monkeypatch):
+    """The non-causal 3xTF32 forward with its tiles from `first` on run as key ranges and
+    merged (flash_tf32_merge) gives the float64 reference and, within f32 rounding, the unsplit
+    kernel's output, L and gradients; every buffer (the parts' too) poisoned."""
+    from minigrad.backend.cuda import backend as bm
+    from minigrad.backend.cuda import ops_attention
+    monkeypatch.setattr(bm, "POISON", True)
+    launched = []
+    launch = ops_attention.runtime.launch
+    monkeypatch.setattr(ops_attention.runtime, "launch", lambda fn, *a, **k: (
+        launched.append(fn.mg_name), launch(fn, *a, **k))[1])
+    q, k, v, do = (rng.standard_normal(lead + (s, d)).astype(np.float32) for _ in range(4))
+    runs = {}
+    for split in (True, False):
+        monkeypatch.setattr(ops_attention, "_tail_split", lambda tiles, slots, key_tiles: (
+            (first, parts) if split else (tiles, 1)))
+        del launched[:]
+        qt, kt, vt = (Tensor(x, device="cuda", requires_grad=True) for x in (q, k, v))
+        out, lse = mg.ops.attention_flash_with_stats(qt, kt, vt, dropout_p=p, seed=7)
+        out2 = mg.ops.attention_flash(qt, kt, vt, dropout_p=p, seed=7)
+        (out2 * Tensor(do, device="cuda")).sum().backward()
+        runs[split] = [out.numpy(), lse.numpy(), out2.numpy()] + \
+            [g.numpy() for g in (qt.grad, kt.grad, vt.grad)]
+        assert ("flash_tf32_merge" in launched) == split, launched
+    got, plain = runs[True], runs[False]
+    assert np.array_equal(got[0], got[2])           # _with_stats' out is the plain forward's
+    for a, b in zip(got, plain):
+        assert not np.isnan(a).any()
+        assert np.abs(a - b).max() <= 2e-6 * max(1.0, np.abs(b).max()), np.abs(a - b).max()
+    ref_out, ref_lse, _ = ref_attention64(q, k, v, False)
+    assert np.abs(got[1] - ref_lse).max() < 1e-5
+    if not p:
+        close(got[0], ref_out)
+        for g, r in zip(got[3:], ref_grads64(q, k, v, do, False)):
+            assert np.linalg.norm(g - r) <= 1e-5 * np.linalg.norm(r)
+
+
+def test_flash_tail_split_rule_and_launches():
+    """(CPU, PyCUDA stubbed in a subprocess) The host's rule: 64 x 4096 x 128 on 132 SMs
+    (2048 tiles, one block per SM) runs 1980 whole tiles and the last 68 in 5 key ranges,
+    then one merge; no split when the tiles fill whole waves, fit one wave, leave a wide
+    last wave or have few key tiles, nor for causal or D > 128."""
+    out = run_stubbed("""
+        from minigrad.backend.cuda import ops_attention as oa
+        assert oa._tail_split(2048, 132, 64) == (1980, 5)
+        assert oa._tail_split(4096, 264, 32) == (3960, 5)
+        for tiles, slots, key_tiles in ((264, 132, 64), (100, 132, 64), (256, 132, 64),
+                                        (1536, 264, 4)):
+            assert oa._tail_split(tiles, slots, key_tiles) == (tiles, 1)
+        runtime.multiprocessors = 10     # [3, 1000, 128]: 24 tiles of 128 rows, 10 slots
+        x = mg.Tensor(np.zeros((3, 1000, 128), np.float32), device="cuda")
+        for op in (mg.ops.attention_flash, mg.ops.attention_flash_causal):
+            del log[:]
+            mg.realize(op(x, x, x))
+            print(op.__name__, [(k[0], k[1][0], k[3]) for k in log])
+        x = mg.Tensor(np.zeros((3, 1000, 200), np.float32), device="cuda")
+        del log[:]
+        mg.realize(mg.ops.attention_flash(x, x, x))
+        print("d200", [k[0] for k in log])
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    # 20 whole tiles, the last 4 in 2 key ranges (ceil(8/10) rounds of 1/2 + 2/16 < 0.85)
+    assert eval(lines["attention_flash"]) == [
+        ("flash_tf32_fwd_d128_w8", 28, (3, 1000, 128, float(np.float32(128 ** -0.5)), 20, 2)),
+        ("flash_tf32_merge", 64, (1000, 128, 128, 20, 4, 2))]
+    (name, grid, _), = eval(lines["attention_flash_causal"])
+    assert name == "flash_tf32_fwd_causal_d128_w8" and grid == 24
+    assert eval(lines["d200"]) == ["flash_attention_fwd_d256"]
 
 
 @pytest.mark.cuda

@@ -12,19 +12,13 @@ On the GPU (marked cuda): a jitted GPT training step gives the eager step's loss
 parameters, outputs are fresh tensors, device memory stays flat over replays, and an
 assign inside the step carries over.
 """
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minigrad as mg
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from cuda_stand_ins import run_stubbed     # tests/cuda_stand_ins.py
 
 def test_cpu_runs_the_function_every_call():
     calls = []
@@ -42,27 +36,8 @@ def test_cpu_runs_the_function_every_call():
     assert f.__name__ == "f"
 
 
-_STUB_PRELUDE = """
-import struct, sys
-sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
-from overhead_cpu import install_fake_pycuda
-install_fake_pycuda()
-import numpy as np
-import minigrad as mg
-from minigrad.backend.cuda import runtime
-
-log = []
-def logged(self, grid, block, args, shared, stream):
-    vals = struct.unpack(self.arg_format, args)       # pointers differ run to run: drop them
-    name = "adamw" if "adamw" in self.name else self.name   # (in-place variant under jit)
-    log.append((name, tuple(grid), tuple(block),
-                tuple(v for c, v in zip(self.arg_format, vals) if c != "P"),
-                "side" if stream is runtime.side_stream else "main"))
-runtime.drv.Function._launch_kernel = logged
-# runtime.fork() makes the side stream wait for the main one, join() the reverse
-runtime.drv.Stream.wait_for_event = lambda self, event: log.append(
-    ("wait", "side" if self is runtime.side_stream else "main"))
-
+# what the stubbed subprocesses below share beside cuda_stand_ins.STUB_PRELUDE (the log)
+_JIT_PRELUDE = """
 def make(sgd=False):
     mg.manual_seed(0)
     model = mg.nn.GPT(11, 8, 1, 2, 16, dropout=0.1).to("cuda")   # dropout: rand + flash
@@ -84,13 +59,7 @@ def batches(n):
 
 
 def _run_stubbed(body: str) -> str:
-    code = _STUB_PRELUDE.format(root=str(ROOT), bench=str(ROOT / "benchmarks")) + \
-        textwrap.dedent(body)
-    env = {**os.environ, "MINIGRAD_DEVICE": "cuda", "MINIGRAD_JIT": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
+    return run_stubbed(_JIT_PRELUDE + textwrap.dedent(body), {"MINIGRAD_JIT": "1"})
 
 
 def test_replay_queues_what_eager_calls_queue():

@@ -45,8 +45,11 @@ TF32 = os.environ.get("MINIGRAD_FLASH_TF32", "1") != "0"
 T_SMEM = {(32, 4): (46080, 27648, 55296, 56320), (32, 8): (55296, 36864, 73728, 74752),
           (64, 4): (87040, 52224, 104448, 105472), (64, 8): (104448, 69632, 139264, 140288),
           (128, 8): (202752, 135168, 202752, 203264)}
+FWD_KEYS = 64       # key tile of the tf32 forward (FWD_BC)
 FORCE_NW = None     # tests/benchmarks: 4 or 8 forces the block size where both exist
 CONCURRENT_DQ = True    # the backward's dQ pass beside dK/dV (False: after it; for A/B runs)
+TAIL_SPLIT = True       # the non-causal tf32 forward's last wave split (False: for A/B runs)
+MAX_PARTS = 8           # flash_tf32_merge's FA3_MAX_PARTS
 
 
 def _dp(d):
@@ -111,6 +114,28 @@ def _flash_fn(be, entry, fmt, smem, dp, drop):
     return _fn(be, "flash_attention.cu", entry, fmt, smem, {"FA_ONLY_DP": dp, "FA_DROPOUT": drop})
 
 
+def _tail_split(tiles, slots, key_tiles):
+    """(first, parts): how the non-causal tf32 forward runs `tiles` equal query tiles on
+    `slots` = SMs x blocks per SM. Tiles from `first` on each run as `parts` blocks over
+    key ranges, which flash_tf32_merge combines; parts = 1: no split.
+
+    Why: the grid's last wave holds `tail` = tiles mod slots tiles and the rest of the card
+    waits for them (64 x 4096 x 128 on 132 SMs: 68 tiles, 64 SMs idle for a tile's time).
+    In parts, that wave takes ceil(tail·p / slots) rounds of 1/p + c tile-times, where
+    c = 2 / key_tiles is a part's own cost (its Q load, pipeline fill and stores, about two
+    key tiles). The best p is used when it saves at least 15 % of a wave; a part keeps at
+    least 4 key tiles."""
+    full, tail = divmod(tiles, slots)
+    if not full or not tail:
+        return tiles, 1
+    cost, parts = 0.85, 1
+    for p in range(2, min(MAX_PARTS, key_tiles // 4) + 1):
+        t = math.ceil(tail * p / slots) * (1 / p + 2 / key_tiles)
+        if t < cost:
+            cost, parts = t, p
+    return (tiles - tail, parts) if parts > 1 else (tiles, 1)
+
+
 def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, seed=None):
     q, k, v = be._dense(q), be._dense(k), be._dense(v)
     *lead, s, d = q.shape
@@ -121,6 +146,9 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         dp = _dp(d)
         c = "_causal" if causal else ""
         sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
+        args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
+                b, s, d, _scale(d)]
+        tiled = _tf32(d) and not causal      # the kernels that take a tail split
         if _tf32(d):
             nw = _nw(dp, s, b)
             nt, rows, smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][0]
@@ -128,11 +156,26 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         else:
             nt, rows, smem = 128, ROWS, FWD[dp][1]
             name = f"flash_attention_fwd{c}{sfx}_d{dp}"
-        fn = _flash_fn(be, name, "PPPPPiiif" + dfmt, smem, dp, drop)
-        args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
-                b, s, d, _scale(d)]
-        runtime.launch(fn, math.ceil(s / rows) * b, nt, args + dargs, smem,
+        fn = _flash_fn(be, name, "PPPPPiiif" + ("iiPP" if tiled else "") + dfmt, smem, dp, drop)
+        tiles = math.ceil(s / rows) * b
+        first, parts = tiles, 1
+        if tiled and TAIL_SPLIT:
+            slots = runtime.multiprocessors * runtime.blocks_per_sm(fn, nt, smem)
+            first, parts = _tail_split(tiles, slots, math.ceil(s / FWD_KEYS))
+        ntail = tiles - first
+        if parts > 1:       # buffers of the key ranges' outputs and log-sum-exps
+            part_o = be.empty((parts * ntail * rows, d), float32)
+            part_l = be.empty((parts * ntail * rows,), float32)
+            args += [first, parts, part_o.ptr, part_l.ptr]
+        elif tiled:
+            args += [tiles, 1, 0, 0]
+        runtime.launch(fn, first + parts * ntail, nt, args + dargs, smem,
                        _redrawn(args, dropout_p, seed))
+        if parts > 1:
+            merge = _flash_fn(be, "flash_tf32_merge", "PPPPiiiiii", 0, dp, drop)
+            runtime.launch(merge, math.ceil(ntail * rows / 8), 256,
+                           [part_o.ptr, part_l.ptr, out.ptr, args[4], s, d, rows, first,
+                            ntail, parts])
     return (out, lse) if with_stats else out
 
 

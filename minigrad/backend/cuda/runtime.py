@@ -57,6 +57,9 @@ cc = device.compute_capability()
 arch = "sm_%d%d" % cc
 name = device.name()
 multiprocessors = device.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+_sm_limits = tuple(device.get_attribute(getattr(drv.device_attribute, a)) for a in (
+    "MAX_REGISTERS_PER_MULTIPROCESSOR", "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR",
+    "MAX_THREADS_PER_MULTIPROCESSOR"))
 _peak = 0
 _n_allocs = 0
 _FAST = hasattr(drv.Function, "_launch_kernel")
@@ -192,6 +195,24 @@ def get_function(module, fname: str, arg_format: str):
     f.prepare(arg_format)
     f.mg_name = fname
     return f
+
+
+def blocks_per_sm(function, threads: int, shared_mem: int) -> int:
+    """How many blocks of `function` (`threads` each, `shared_mem` dynamic bytes) an SM holds
+    at once, from its registers, shared memory and threads (the occupancy rule: registers
+    by warp in units of 256, 1 KB of shared memory reserved per block). An estimate for
+    planning grids (ops_attention's tail split); it never decides a result."""
+    known = getattr(function, "mg_blocks_per_sm", None)
+    if known is None:
+        known = function.mg_blocks_per_sm = {}
+    if (threads, shared_mem) not in known:
+        attr = drv.function_attribute
+        regs = -(-function.get_attribute(attr.NUM_REGS) * 32 // 256) * 256 * -(-threads // 32)
+        static = function.get_attribute(attr.SHARED_SIZE_BYTES)
+        known[threads, shared_mem] = max(1, min(_sm_limits[0] // max(regs, 1),
+                                                _sm_limits[1] // (shared_mem + static + 1024),
+                                                _sm_limits[2] // threads, 32))
+    return known[threads, shared_mem]
 
 
 def set_max_dynamic_shared(function, nbytes: int):
