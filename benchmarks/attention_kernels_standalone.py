@@ -357,10 +357,10 @@ class Flash3:
                 "dkdv": f"flash_tf32_bwd_dkdv{c}", "lse": f"flash_tf32_lse{c}"}[kind] + f"_d{dp}_w{nw}"
         fmt = {"fwd": "PPPPPiiif", "dq": "PPPPPPPiiif", "dkdv": "PPPPPPPPiiif", "lse": "PPPiiif"}[kind]
         tiles = math.ceil(S / (16 * nw)) * B
-        # the non-causal forward's tail split (minigrad's host rule): none here
-        split = [tiles, 1, 0, 0] if kind == "fwd" and not causal else []
+        # the non-causal forward's and dQ pass's tail split (minigrad's host rule): none here
+        split = {"fwd": [tiles, 1, 0, 0], "dq": [tiles, 1, 0]}.get(kind, []) if not causal else []
         smem = fa3_smem(dp, nw)[kind]
-        f = self.dev.func(self.mod, name, fmt + "iiPP" * bool(split), smem)
+        f = self.dev.func(self.mod, name, fmt + "iiPP"[:len(split)], smem)
         f.prepared_async_call((tiles, 1, 1), (32 * nw, 1, 1), None,
                               *[int(x) if x is not None else 0 for x in ptrs],
                               B, S, D, np.float32(1 / math.sqrt(D)), *split, shared_size=smem)

@@ -46,12 +46,15 @@
 //       the tail split (fa3::TailSplit below; parts = 1: none, grid as below; else
 //       grid first + parts * (tiles - first), then flash_tf32_merge).
 //   flash_tf32_merge (o_part, l_part, o, lse, S, D, rows_per_tile, first, ntail, parts)
-//       "PPPPiiiiii": block 256, grid ceil(ntail * rows_per_tile / 8); parts <= 8.
+//       "PPPPiiiiii": block 256, grid ceil(ntail * rows_per_tile / 8); parts <= 8;
+//       l_part NULL: o = the plain sum of the parts (dQ), lse untouched.
 //   flash_tf32_lse{C}_{X}_{W}      (q, k, lse, B, S, D, scale)                    "PPPiiif"
 //       L only; bit-identical to the lse of the stats forward of the same W.
 //   flash_tf32_bwd_preprocess      (dO, o, Dd, rows, D)                           "PPPqi"
 //       block 256, grid ceil(rows/8); rows = B*S.
 //   flash_tf32_bwd_dq{C}_{X}_{W}   (q, k, v, dO, lse, Dd, dQ, B, S, D, scale)     "PPPPPPPiiif"
+//       Non-causal: also (split_first, split_parts, dq_part)                  + "iiP":
+//       the tail split as fwd's (partial sums of dQ; flash_tf32_merge with l_part NULL).
 //   flash_tf32_bwd_dkdv{C}_{X}_{W} (q, k, v, dO, lse, Dd, dK, dV, B, S, D, scale) "PPPPPPPPiiif"
 //   flash_tf32_{fwd,bwd_dq,bwd_dkdv}{C}_dropout_{X}_{W}: the same plus one fa3::DropArgs
 //       (format "I"*15 + "f", identical to flash_attention.cu's fa::DropArgs).
@@ -113,6 +116,7 @@
 //   dq   : a block owns 16*NW query rows (Q, dO resident); per key tile: dP = dO.V^T,
 //          S = Q.K^T, P = exp2(S*scale*log2e - L log2e), dS = P (dP - D), dQ += dS.K.
 //          Causal: as fwd (key tiles past the last row skipped, blocks by mg_block_tile).
+//          Non-causal: the last wave's tiles may run as key ranges, their sums added.
 //   dkdv : a block owns 16*NW keys (K, V resident) and their dK, dV accumulators; per query tile
 //          of BRQ rows (Q, dO, L, D double-buffered): S^T = K.Q^T, dP^T = V.dO^T, P^T, dS^T,
 //          dV += P^T.dO, dK += dS^T.Q.  Causal: query tiles before the block's first key are
@@ -441,17 +445,31 @@ __device__ __forceinline__ unsigned keep_k(const DropArgs& dr, int b, int j0, in
 }
 
 // ------------------------------------------------------------------------------ forward --
-// Tail split of the non-causal forward (host rule: ops_attention._tail_split).  A grid of
-// equal tiles on one or two blocks per SM ends in a partly filled wave (64 x 4096 x 128: 2048
-// tiles on 132 SMs, the 16th wave 68 tiles wide, 64 SMs idle for its length).  Blocks from
+// Tail split of the non-causal forward and dQ pass (host rule: ops_attention._tail_split).
+// A grid of equal tiles on one or two blocks per SM ends in a partly filled wave (64 x 4096 x
+// 128: 2048 tiles on 132 SMs, the 16th wave 68 tiles wide, 64 SMs idle for it).  Blocks from
 // `first` on each take one of `parts` key ranges of a tail tile (tile first + r % ntail, part
 // r / ntail, r = blockIdx.x - first) and write that range's normalised output and log-sum-exp
 // to o_part / l_part ([parts][ntail][16 NW rows] x D, [parts][ntail][16 NW]); flash_tf32_merge
-// combines them: L = log sum_p exp(L_p), out = sum_p exp(L_p - L) out_p.  parts <= 1: no split.
+// combines them: L = log sum_p exp(L_p), out = sum_p exp(L_p - L) out_p.  The dQ pass writes
+// each range's sum of dS.K to o_part (l = NULL) and the merge adds them.  parts <= 1: no split.
 struct TailSplit {
     int first, parts;
     float *o, *l;
 };
+// This block's tile and key-tile range when it is a part of a tail tile (slot = the part's
+// index in o_part / l_part); slot stays -1 for a whole tile.
+__device__ __forceinline__ void tail_tile(const TailSplit& split, int nqt, int B, int nkt,
+                                          int& b, int& qt, int& kt_lo, int& kt_hi, int& slot) {
+    if (split.parts <= 1 || (int)blockIdx.x < split.first) return;
+    const int ntail = nqt * B - split.first, r = (int)blockIdx.x - split.first;
+    const int part = r / ntail, tile = split.first + r % ntail;
+    slot = part * ntail + r % ntail;
+    b = tile / nqt;
+    qt = tile % nqt;
+    kt_lo = part * nkt / split.parts;
+    kt_hi = (part + 1) * nkt / split.parts;
+}
 
 template <int DP, int NW, bool CAUSAL, bool PV = true, bool DROP = false>
 __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __restrict__ K,
@@ -469,18 +487,9 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     float* Vs = Ks + 2 * BC * LD;                    // [2][BC][LD] (PV only)
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    int b, qt, kt_lo = 0, kt_hi = nkt_all, part = -1, slot = 0;   // slot: tile's index in o_part
-    if (!CAUSAL && split.parts > 1 && (int)blockIdx.x >= split.first) {
-        const int ntail = nqt * B - split.first, r = (int)blockIdx.x - split.first;
-        part = r / ntail;
-        slot = part * ntail + r % ntail;
-        b = (split.first + r % ntail) / nqt;
-        qt = (split.first + r % ntail) % nqt;
-        kt_lo = part * nkt_all / split.parts;
-        kt_hi = (part + 1) * nkt_all / split.parts;
-    } else {
-        mg_block_tile<CAUSAL>(nqt, B, b, qt);
-    }
+    int b, qt, kt_lo = 0, kt_hi = nkt_all, slot = -1;
+    if (!CAUSAL) tail_tile(split, nqt, B, nkt_all, b, qt, kt_lo, kt_hi, slot);
+    if (slot < 0) mg_block_tile<CAUSAL>(nqt, B, b, qt);
     if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
@@ -574,7 +583,7 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    if (part >= 0) {                                 // a key range of a tail tile
+    if (slot >= 0) {                                 // a key range of a tail tile
         float* op = split.o + (size_t)slot * BR * D;
         const bool vec_out = (D & 3) == 0 && mg_aligned16(split.o);
         const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
@@ -602,7 +611,8 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
                                        const float* __restrict__ V, const float* __restrict__ dO,
                                        const float* __restrict__ LSE, const float* __restrict__ Dd,
                                        float* __restrict__ dQ, int B, int S, int D, float scale,
-                                       const DropArgs& drop = DropArgs{}) {
+                                       const DropArgs& drop = DropArgs{},
+                                       const TailSplit& split = TailSplit{0, 1, nullptr, nullptr}) {
     constexpr int BC = BCQ<DP>();
     constexpr int BR = 16 * NW, NT = 32 * NW, LD = DP + 4, NJ = BC / 8, NO = DP / 8;
     constexpr int LDA = lda_pairs<DP>();   // the row-pair A tiles
@@ -613,13 +623,14 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
     float* Vs = Ks + 2 * BC * LD;                    // [2][BC][LD]
 
     const int nqt = (S + BR - 1) / BR, nkt_all = (S + BC - 1) / BC;
-    int b, qt;
-    mg_block_tile<CAUSAL>(nqt, B, b, qt);
+    int b, qt, kt_lo = 0, kt_hi = nkt_all, slot = -1;
+    if (!CAUSAL) tail_tile(split, nqt, B, nkt_all, b, qt, kt_lo, kt_hi, slot);
+    if (slot < 0) mg_block_tile<CAUSAL>(nqt, B, b, qt);
     if (CAUSAL) qt = nqt - 1 - qt;                   // rank 0: the last query tile
     const int q0 = qt * BR;
     const size_t off = (size_t)b * S * D;
     const float *q = Q + off, *k = K + off, *v = V + off, *dout = dO + off;
-    const int nkt = CAUSAL ? min(nkt_all, (q0 + BR - 1) / BC + 1) : nkt_all;
+    const int nkt = CAUSAL ? min(nkt_all, (q0 + BR - 1) / BC + 1) : kt_hi;
 
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int wbase = 32 * (w >> 1) + 8 * (w & 1);
@@ -638,12 +649,12 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
 
     load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(Qs, q, q0, S, D);
     load_pairs<RowPairs<16>, BR / 2, DP, LDA, NT>(dOs, dout, q0, S, D);
-    mg_load_rows<BC, DP, LD, NT>(Ks, k, 0, S, D, vec);
-    mg_load_rows<BC, DP, LD, NT>(Vs, v, 0, S, D, vec);
+    mg_load_rows<BC, DP, LD, NT>(Ks, k, kt_lo * BC, S, D, vec);
+    mg_load_rows<BC, DP, LD, NT>(Vs, v, kt_lo * BC, S, D, vec);
     mg_cp_async_commit();
 
-    for (int kt = 0; kt < nkt; ++kt) {
-        const int k0 = kt * BC, buf = kt & 1;
+    for (int kt = kt_lo; kt < nkt; ++kt) {
+        const int k0 = kt * BC, buf = (kt - kt_lo) & 1;
         mg_cp_async_wait<0>();
         __syncthreads();
         if (kt + 1 < nkt) {
@@ -680,6 +691,11 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         gemm_pm<NJ, DP, LD>(acc, s, Ks + buf * BC * LD, g, t, ngr);
     }
     mg_cp_async_wait<0>();
+    if (slot >= 0) {                                 // a key range of a tail tile: its sum
+        store_rows<DP>(split.o + (size_t)slot * BR * D, acc, scale, scale, rlo, rhi, S - q0, D,
+                       t, (D & 3) == 0 && mg_aligned16(split.o));
+        return;
+    }
     const bool vec_out = (D & 3) == 0 && mg_aligned16(dQ);
     store_rows<DP>(dQ + off, acc, scale, scale, q0 + rlo, q0 + rhi, S, D, t, vec_out);
 }
@@ -820,19 +836,25 @@ flash_tf32_merge(const float* __restrict__ o_part, const float* __restrict__ l_p
     const int j = (int)(gw / br), r = (int)(gw % br), tile = first + j;
     const int b = tile / nqt, row = (tile % nqt) * br + r;
     if (row >= S) return;
-    float lp[FA3_MAX_PARTS], lmax = -fa3::inf(), wsum = 0.f;
+    float lp[FA3_MAX_PARTS], lmax = 0.f, wsum = 1.f;
 #pragma unroll
-    for (int p = 0; p < FA3_MAX_PARTS; ++p)
-        if (p < parts) {
-            lp[p] = l_part[((size_t)p * ntail + j) * br + r];
-            lmax = fmaxf(lmax, lp[p]);
-        }
+    for (int p = 0; p < FA3_MAX_PARTS; ++p) lp[p] = 1.f;   // l_part NULL (dQ): a plain sum
+    if (l_part != nullptr) {
+        lmax = -fa3::inf();
+        wsum = 0.f;
 #pragma unroll
-    for (int p = 0; p < FA3_MAX_PARTS; ++p)
-        if (p < parts) {
-            lp[p] = expf(lp[p] - lmax);              // now the weight of part p, before 1/sum
-            wsum += lp[p];
-        }
+        for (int p = 0; p < FA3_MAX_PARTS; ++p)
+            if (p < parts) {
+                lp[p] = l_part[((size_t)p * ntail + j) * br + r];
+                lmax = fmaxf(lmax, lp[p]);
+            }
+#pragma unroll
+        for (int p = 0; p < FA3_MAX_PARTS; ++p)
+            if (p < parts) {
+                lp[p] = expf(lp[p] - lmax);          // now the weight of part p, before 1/sum
+                wsum += lp[p];
+            }
+    }
     const float inv = 1.f / wsum;
     float* orow = O + ((size_t)b * S + row) * D;
     for (int d = lane; d < D; d += 32) {
@@ -842,7 +864,7 @@ flash_tf32_merge(const float* __restrict__ o_part, const float* __restrict__ l_p
             if (p < parts) acc = fmaf(lp[p], o_part[(((size_t)p * ntail + j) * br + r) * D + d], acc);
         orow[d] = acc * inv;
     }
-    if (LSE != nullptr && lane == 0) LSE[(size_t)b * S + row] = lmax + logf(wsum);
+    if (LSE != nullptr && l_part != nullptr && lane == 0) LSE[(size_t)b * S + row] = lmax + logf(wsum);
 }
 
 // (DP, NW) instances; REGFIT: the instance fits 128 registers per thread (see min_blocks)
@@ -873,8 +895,10 @@ flash_tf32_merge(const float* __restrict__ o_part, const float* __restrict__ l_p
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_dq<DP, NW>()), FIT_BWD)                        \
     flash_tf32_bwd_dq_d##DP##_w##NW(const float* q, const float* k, const float* v,                 \
                                     const float* dO, const float* lse, const float* Dd, float* dQ,  \
-                                    int B, int S, int D, float scale) {                              \
-        fa3::bwd_dq<DP, NW, false>(q, k, v, dO, lse, Dd, dQ, B, S, D, scale);                       \
+                                    int B, int S, int D, float scale, int split_first,               \
+                                    int split_parts, float* dq_part) {                               \
+        fa3::bwd_dq<DP, NW, false>(q, k, v, dO, lse, Dd, dQ, B, S, D, scale, fa3::DropArgs{},       \
+                                   fa3::TailSplit{split_first, split_parts, dq_part, nullptr});      \
     }                                                                                                \
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_dq<DP, NW>()), FIT_BWD)                        \
     flash_tf32_bwd_dq_causal_d##DP##_w##NW(const float* q, const float* k, const float* v,          \
@@ -914,8 +938,10 @@ flash_tf32_merge(const float* __restrict__ o_part, const float* __restrict__ l_p
     flash_tf32_bwd_dq_dropout_d##DP##_w##NW(const float* q, const float* k, const float* v,         \
                                             const float* dO, const float* lse, const float* Dd,     \
                                             float* dQ, int B, int S, int D, float scale,            \
+                                            int split_first, int split_parts, float* dq_part,       \
                                             fa3::DropArgs drop) {                                    \
-        fa3::bwd_dq<DP, NW, false, true>(q, k, v, dO, lse, Dd, dQ, B, S, D, scale, drop);           \
+        fa3::bwd_dq<DP, NW, false, true>(q, k, v, dO, lse, Dd, dQ, B, S, D, scale, drop,            \
+                                         fa3::TailSplit{split_first, split_parts, dq_part, nullptr}); \
     }                                                                                                \
     extern "C" __global__ void FA3_LB(NW, (fa3::smem_dq<DP, NW>()), FIT_BWD)                        \
     flash_tf32_bwd_dq_causal_dropout_d##DP##_w##NW(const float* q, const float* k, const float* v,  \

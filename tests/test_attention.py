@@ -178,9 +178,9 @@ TAIL_SPLITS = [((3,), 1000, 128, 0.0, 19, 3), ((2, 3), 255, 64, 0.0, 0, 4),
 @pytest.mark.cuda
 @pytest.mark.parametrize("lead,s,d,p,first,parts", TAIL_SPLITS, ids=lambda v: str(v))
 def test_flash_forward_tail_split(lead, s, d, p, first, parts, rng, monkeypatch):
-    """The non-causal 3xTF32 forward with its tiles from `first` on run as key ranges and
-    merged (flash_tf32_merge) gives the float64 reference and, within f32 rounding, the unsplit
-    kernel's output, L and gradients; every buffer (the parts' too) poisoned."""
+    """The non-causal 3xTF32 forward and dQ pass with their tiles from `first` on run as key
+    ranges and merged (flash_tf32_merge) give the float64 reference and, within f32 rounding,
+    the unsplit kernels' output, L and gradients; every buffer (the parts' too) poisoned."""
     from minigrad.backend.cuda import backend as bm
     from minigrad.backend.cuda import ops_attention
     monkeypatch.setattr(bm, "POISON", True)
@@ -200,7 +200,8 @@ def test_flash_forward_tail_split(lead, s, d, p, first, parts, rng, monkeypatch)
         (out2 * Tensor(do, device="cuda")).sum().backward()
         runs[split] = [out.numpy(), lse.numpy(), out2.numpy()] + \
             [g.numpy() for g in (qt.grad, kt.grad, vt.grad)]
-        assert ("flash_tf32_merge" in launched) == split, launched
+        # merges: the two forwards, the backward's stats forward and the dQ pass
+        assert launched.count("flash_tf32_merge") == 4 * split, launched
     got, plain = runs[True], runs[False]
     assert np.array_equal(got[0], got[2])           # _with_stats' out is the plain forward's
     for a, b in zip(got, plain):
@@ -217,7 +218,7 @@ def test_flash_forward_tail_split(lead, s, d, p, first, parts, rng, monkeypatch)
 def test_flash_tail_split_rule_and_launches():
     """(CPU, PyCUDA stubbed in a subprocess) The host's rule: 64 x 4096 x 128 on 132 SMs
     (2048 tiles, one block per SM) runs 1980 whole tiles and the last 68 in 5 key ranges,
-    then one merge; no split when the tiles fill whole waves, fit one wave, leave a wide
+    then one merge (forward; the dQ pass likewise, on the side stream); no split when the tiles fill whole waves, fit one wave, leave a wide
     last wave or have few key tiles, nor for causal or D > 128."""
     out = run_stubbed("""
         from minigrad.backend.cuda import ops_attention as oa
@@ -232,6 +233,12 @@ def test_flash_tail_split_rule_and_launches():
             del log[:]
             mg.realize(op(x, x, x))
             print(op.__name__, [(k[0], k[1][0], k[3]) for k in log])
+        xg = mg.Tensor(np.zeros((3, 1000, 128), np.float32), device="cuda", requires_grad=True)
+        out = mg.ops.attention_flash(xg, xg, xg).realize()
+        del log[:]
+        out.backward(x)
+        mg.realize(xg.grad)
+        print("dq", [(k[0], k[1][0], k[3], k[4]) for k in log if k[0] != "wait" and k[-1] == "side"])
         x = mg.Tensor(np.zeros((3, 1000, 200), np.float32), device="cuda")
         del log[:]
         mg.realize(mg.ops.attention_flash(x, x, x))
@@ -242,6 +249,11 @@ def test_flash_tail_split_rule_and_launches():
     assert eval(lines["attention_flash"]) == [
         ("flash_tf32_fwd_d128_w8", 28, (3, 1000, 128, float(np.float32(128 ** -0.5)), 20, 2)),
         ("flash_tf32_merge", 64, (1000, 128, 128, 20, 4, 2))]
+    # the dQ pass on the side stream (32 key tiles of 32: 5 ranges, 2 rounds of 1/5 + 2/32)
+    assert eval(lines["dq"]) == [
+        ("flash_tf32_bwd_dq_d128_w8", 40, (3, 1000, 128, float(np.float32(128 ** -0.5)), 20, 5),
+         "side"),
+        ("flash_tf32_merge", 64, (1000, 128, 128, 20, 4, 5), "side")]
     (name, grid, _), = eval(lines["attention_flash_causal"])
     assert name == "flash_tf32_fwd_causal_d128_w8" and grid == 24
     assert eval(lines["d200"]) == ["flash_attention_fwd_d256"]

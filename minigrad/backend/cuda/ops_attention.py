@@ -46,9 +46,11 @@ T_SMEM = {(32, 4): (46080, 27648, 55296, 56320), (32, 8): (55296, 36864, 73728, 
           (64, 4): (87040, 52224, 104448, 105472), (64, 8): (104448, 69632, 139264, 140288),
           (128, 8): (202752, 135168, 202752, 203264)}
 FWD_KEYS = 64       # key tile of the tf32 forward (FWD_BC)
+DQ_KEYS = {32: 64, 64: 64, 128: 32}     # key tile of the tf32 dQ pass (BCQ)
 FORCE_NW = None     # tests/benchmarks: 4 or 8 forces the block size where both exist
 CONCURRENT_DQ = True    # the backward's dQ pass beside dK/dV (False: after it; for A/B runs)
-TAIL_SPLIT = True       # the non-causal tf32 forward's last wave split (False: for A/B runs)
+TAIL_SPLIT = True       # the non-causal tf32 forward's and dQ pass's last wave split
+                        # (False: none; for A/B runs)
 MAX_PARTS = 8           # flash_tf32_merge's FA3_MAX_PARTS
 
 
@@ -136,6 +138,36 @@ def _tail_split(tiles, slots, key_tiles):
     return (tiles - tail, parts) if parts > 1 else (tiles, 1)
 
 
+class _Split:
+    """The tail split of one launch (fwd: key ranges merged by their log-sum-exp; dQ: key
+    ranges summed): `grid`, the kernel's extra arguments `args` (none where the kernel
+    takes no split), the parts' buffers, and `merge(out, lse)` queuing flash_tf32_merge."""
+
+    def __init__(self, be, fn, nt, smem, tiles, rows, d, key_tiles, takes_split, with_l, drop):
+        self.be, self.rows, self.d, self.drop, self.first, self.parts = be, rows, d, drop, tiles, 1
+        if takes_split and TAIL_SPLIT:
+            slots = runtime.multiprocessors * runtime.blocks_per_sm(fn, nt, smem)
+            self.first, self.parts = _tail_split(tiles, slots, key_tiles)
+        self.ntail = tiles - self.first
+        self.grid = self.first + self.parts * self.ntail
+        self.args = [tiles, 1, 0] + [0] * with_l if takes_split else []
+        if self.parts > 1:      # buffers of the key ranges' outputs (and log-sum-exps)
+            n = self.parts * self.ntail * rows
+            self.part_o = be.empty((n, d), float32)
+            self.part_l = be.empty((n,), float32) if with_l else None
+            self.args = [self.first, self.parts, self.part_o.ptr] + \
+                ([self.part_l.ptr] if with_l else [])
+
+    def merge(self, out, lse=None, side=False):
+        if self.parts > 1:
+            fn = _flash_fn(self.be, "flash_tf32_merge", "PPPPiiiiii", 0, _dp(self.d), self.drop)
+            part_l = self.part_l.ptr if self.part_l is not None else 0
+            runtime.launch(fn, math.ceil(self.ntail * self.rows / 8), 256,
+                           [self.part_o.ptr, part_l, out.ptr, lse.ptr if lse is not None else 0,
+                            out.shape[-2], self.d, self.rows, self.first, self.ntail,
+                            self.parts], side=side)
+
+
 def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, seed=None):
     q, k, v = be._dense(q), be._dense(k), be._dense(v)
     *lead, s, d = q.shape
@@ -158,24 +190,11 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
             name = f"flash_attention_fwd{c}{sfx}_d{dp}"
         fn = _flash_fn(be, name, "PPPPPiiif" + ("iiPP" if tiled else "") + dfmt, smem, dp, drop)
         tiles = math.ceil(s / rows) * b
-        first, parts = tiles, 1
-        if tiled and TAIL_SPLIT:
-            slots = runtime.multiprocessors * runtime.blocks_per_sm(fn, nt, smem)
-            first, parts = _tail_split(tiles, slots, math.ceil(s / FWD_KEYS))
-        ntail = tiles - first
-        if parts > 1:       # buffers of the key ranges' outputs and log-sum-exps
-            part_o = be.empty((parts * ntail * rows, d), float32)
-            part_l = be.empty((parts * ntail * rows,), float32)
-            args += [first, parts, part_o.ptr, part_l.ptr]
-        elif tiled:
-            args += [tiles, 1, 0, 0]
-        runtime.launch(fn, first + parts * ntail, nt, args + dargs, smem,
-                       _redrawn(args, dropout_p, seed))
-        if parts > 1:
-            merge = _flash_fn(be, "flash_tf32_merge", "PPPPiiiiii", 0, dp, drop)
-            runtime.launch(merge, math.ceil(ntail * rows / 8), 256,
-                           [part_o.ptr, part_l.ptr, out.ptr, args[4], s, d, rows, first,
-                            ntail, parts])
+        split = _Split(be, fn, nt, smem, tiles, rows, d, math.ceil(s / FWD_KEYS), tiled, True,
+                       drop)
+        runtime.launch(fn, split.grid, nt, args + split.args + dargs, smem,
+                       _redrawn(args + split.args, dropout_p, seed))
+        split.merge(out, lse)
     return (out, lse) if with_stats else out
 
 
@@ -209,10 +228,15 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
     runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt, args + dargs, kv_smem,
                    _redrawn(args, dropout_p, seed))
-    fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + dfmt, dq_smem, dp, drop)
-    args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale]
-    runtime.launch(fn, math.ceil(s / dq_rows) * b, dq_nt, args + dargs, dq_smem,
+    tiled = _tf32(d) and not causal          # the dQ kernels that take a tail split
+    fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + "iiP" * tiled + dfmt,
+                   dq_smem, dp, drop)
+    split = _Split(be, fn, dq_nt, dq_smem, math.ceil(s / dq_rows) * b, dq_rows, d,
+                   math.ceil(s / DQ_KEYS.get(dp, 64)), tiled, False, drop)
+    args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale] + split.args
+    runtime.launch(fn, split.grid, dq_nt, args + dargs, dq_smem,
                    _redrawn(args, dropout_p, seed), side=CONCURRENT_DQ)
+    split.merge(dq, side=CONCURRENT_DQ)
     if CONCURRENT_DQ:
         runtime.join()
     return dq, dk, dv
