@@ -216,6 +216,13 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     else:
         pfx, w, (kv_nt, kv_rows, kv_smem) = "flash_attention", "", (128,) + DKDV[dp]
         dq_nt, dq_rows, dq_smem = 128, ROWS, DQ[dp]
+    tiled = _tf32(d) and not causal          # the dQ kernels that take a tail split
+    dq_fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + "iiP" * tiled + dfmt,
+                      dq_smem, dp, drop)
+    # (its buffers are allocated before the fork: the side stream's work is ordered after
+    # what the main stream queued before it, a poisoning fill included)
+    split = _Split(be, dq_fn, dq_nt, dq_smem, math.ceil(s / dq_rows) * b, dq_rows, d,
+                   math.ceil(s / DQ_KEYS.get(dp, 64)), tiled, False, drop)
     pre = _flash_fn(be, f"{pfx}_bwd_preprocess", "PPPqi", 0, dp, drop)
     runtime.launch(pre, math.ceil(b * s / 8), 256, [do.ptr, o.ptr, dd.ptr, b * s, d])
     # dK/dV and dQ both need only q, k, v, dO, L and D, not each other: dQ runs on the side
@@ -228,13 +235,8 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dk.ptr, dv.ptr, b, s, d, scale]
     runtime.launch(fn, math.ceil(s / kv_rows) * b, kv_nt, args + dargs, kv_smem,
                    _redrawn(args, dropout_p, seed))
-    tiled = _tf32(d) and not causal          # the dQ kernels that take a tail split
-    fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + "iiP" * tiled + dfmt,
-                   dq_smem, dp, drop)
-    split = _Split(be, fn, dq_nt, dq_smem, math.ceil(s / dq_rows) * b, dq_rows, d,
-                   math.ceil(s / DQ_KEYS.get(dp, 64)), tiled, False, drop)
     args = [q.ptr, k.ptr, v.ptr, do.ptr, lse.ptr, dd.ptr, dq.ptr, b, s, d, scale] + split.args
-    runtime.launch(fn, split.grid, dq_nt, args + dargs, dq_smem,
+    runtime.launch(dq_fn, split.grid, dq_nt, args + dargs, dq_smem,
                    _redrawn(args, dropout_p, seed), side=CONCURRENT_DQ)
     split.merge(dq, side=CONCURRENT_DQ)
     if CONCURRENT_DQ:

@@ -255,7 +255,9 @@ def launch(function, grid, block, args, shared_mem: int = 0, replay_args=None,
 
 def fork():
     """From here on, launches with side=True run on the side stream, after everything
-    queued on the main stream so far and concurrently with what is queued there next."""
+    queued on the main stream so far and concurrently with what is queued there next.
+    Allocate what a side launch writes before the fork: an allocation's fill (and a freed
+    block's last use) after it is ordered on the main stream only."""
     if capture is not None:
         capture.entries.append((_FORK,))
     _order(stream, side_stream, _fork_event)
