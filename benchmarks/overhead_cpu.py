@@ -93,7 +93,8 @@ def install_fake_pycuda():
         def get_attribute(self, a):    # an H100's / H200's numbers
             return {"MULTIPROCESSOR_COUNT": 132, "MAX_REGISTERS_PER_MULTIPROCESSOR": 65536,
                     "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR": 233472,
-                    "MAX_THREADS_PER_MULTIPROCESSOR": 2048}[a]
+                    "MAX_THREADS_PER_MULTIPROCESSOR": 2048,
+                    "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN": 232448}[a]
 
     class _Stream:
         def synchronize(self):
@@ -116,7 +117,8 @@ def install_fake_pycuda():
     drv.Error = drv.MemoryError = RuntimeError
     drv.device_attribute = types.SimpleNamespace(**{a: a for a in (
         "MULTIPROCESSOR_COUNT", "MAX_REGISTERS_PER_MULTIPROCESSOR",
-        "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", "MAX_THREADS_PER_MULTIPROCESSOR")})
+        "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR", "MAX_THREADS_PER_MULTIPROCESSOR",
+        "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")})
     drv.function_attribute = types.SimpleNamespace(MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
                                                    NUM_REGS=4, SHARED_SIZE_BYTES=1)
     drv.memcpy_htod_async = drv.memcpy_dtoh_async = drv.memcpy_dtod_async = nop

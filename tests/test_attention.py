@@ -218,8 +218,9 @@ def test_flash_forward_tail_split(lead, s, d, p, first, parts, rng, monkeypatch)
 def test_flash_tail_split_rule_and_launches():
     """(CPU, PyCUDA stubbed in a subprocess) The host's rule: 64 x 4096 x 128 on 132 SMs
     (2048 tiles, one block per SM) runs 1980 whole tiles and the last 68 in 5 key ranges,
-    then one merge (forward; the dQ pass likewise, on the side stream); no split when the tiles fill whole waves, fit one wave, leave a wide
-    last wave or have few key tiles, nor for causal or D > 128."""
+    then one merge (forward; the dQ pass likewise, on the side stream); no split when the
+    tiles fill whole waves, fit one wave, leave a wide last wave or have few key tiles, nor
+    for causal or D > 128."""
     out = run_stubbed("""
         from minigrad.backend.cuda import ops_attention as oa
         assert oa._tail_split(2048, 132, 64) == (1980, 5)
@@ -238,7 +239,8 @@ def test_flash_tail_split_rule_and_launches():
         del log[:]
         out.backward(x)
         mg.realize(xg.grad)
-        print("dq", [(k[0], k[1][0], k[3], k[4]) for k in log if k[0] != "wait" and k[-1] == "side"])
+        print("dq", [(k[0], k[1][0], k[3], k[4]) for k in log
+                     if k[0] != "wait" and k[-1] == "side"])
         x = mg.Tensor(np.zeros((3, 1000, 200), np.float32), device="cuda")
         del log[:]
         mg.realize(mg.ops.attention_flash(x, x, x))
@@ -257,6 +259,83 @@ def test_flash_tail_split_rule_and_launches():
     (name, grid, _), = eval(lines["attention_flash_causal"])
     assert name == "flash_tf32_fwd_causal_d128_w8" and grid == 24
     assert eval(lines["d200"]) == ["flash_attention_fwd_d256"]
+
+
+A100_SMEM, SM89_SMEM = 166912, 101376     # bytes of shared memory one block may ask for
+
+
+def test_flash_kernels_fit_the_cards_shared_memory():
+    """(CPU, PyCUDA stubbed) The flash ops take kernels that fit the card's shared memory per
+    block: on an H100/H200 the 3xTF32 ones; on an A100 (163 KB) the FFMA ones at d = 128 (the
+    3xTF32 ones need 198 KB), and D = 200's backward (its dQ pass needs 168 KB) is refused with
+    an error naming the op, the need and the card's limit; on an sm_89 card (99 KB) d = 32
+    runs on 3xTF32 and d = 64's backward (103 KB either way) is refused; where 8 warps do
+    not fit and 4 do, the backward takes 4."""
+    out = run_stubbed("""
+        def kernels(limit, d, causal=False):
+            runtime.max_shared_per_block = limit
+            x = mg.Tensor(np.zeros((2, 300, d), np.float32), device="cuda",
+                          requires_grad=True)
+            op = mg.ops.attention_flash_causal if causal else mg.ops.attention_flash
+            del log[:]
+            try:
+                out = op(x, x, x)
+                out.backward(mg.Tensor(np.zeros((2, 300, d), np.float32), device="cuda"))
+                mg.realize(x.grad)
+            except RuntimeError as e:
+                return str(e)
+            return sorted({k[0] for k in log if k[0].startswith("flash")})
+        for case in ((232448, 128), (166912, 128), (166912, 64, True), (166912, 200),
+                     (101376, 32), (101376, 64), (101376, 128)):
+            print(repr(case), "=", repr(kernels(*case)))
+        from minigrad.backend.cuda import ops_attention
+        ops_attention.FORCE_NW = 8       # 8 warps asked for: 136 KB backward, 4 warps fit
+        print(repr((120000, 64, True)), "=", repr(kernels(120000, 64, True)))
+    """)
+    got = {eval(a): eval(b) for a, b in (line.split(" = ") for line in out.splitlines())}
+    tf32, ffma = "flash_tf32", "flash_attention"
+    assert got[232448, 128] == [f"{tf32}_bwd_dkdv_d128_w8", f"{tf32}_bwd_dq_d128_w8",
+                                f"{tf32}_bwd_preprocess", f"{tf32}_fwd_d128_w8"]
+    assert got[A100_SMEM, 128] == [f"{ffma}_bwd_dkdv_d128", f"{ffma}_bwd_dq_d128",
+                                   f"{ffma}_bwd_preprocess", f"{ffma}_fwd_d128"]
+    assert all(k.startswith(tf32) for k in got[A100_SMEM, 64, True]), got[A100_SMEM, 64, True]
+    for case, what, need in (((A100_SMEM, 200), "dK/dV or dQ pass", 171520),
+                             ((SM89_SMEM, 64), "dK/dV or dQ pass", 104448),
+                             ((SM89_SMEM, 128), "dK/dV or dQ pass", 110592)):
+        msg = got[case]
+        assert isinstance(msg, str) and msg.startswith("attention_flash backward: ") and \
+            f"D={case[1]}" in msg and what in msg and f"needs {need} bytes" in msg and \
+            f"allows {case[0]}" in msg, msg
+    assert all(k.startswith(tf32) for k in got[SM89_SMEM, 32]), got[SM89_SMEM, 32]
+    assert got[120000, 64, True] == [
+        f"{tf32}_bwd_dkdv_causal_d64_w4", f"{tf32}_bwd_dq_causal_d64_w4",
+        f"{tf32}_bwd_preprocess", f"{tf32}_fwd_causal_d64_w8"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_on_a_card_with_less_shared_memory(causal, rng, monkeypatch):
+    """With the card's limit set to an A100's, d = 128 runs forward and backward on the FFMA
+    kernels and still matches float64 (poisoned outputs)."""
+    from minigrad.backend.cuda import backend as bm
+    from minigrad.backend.cuda import ops_attention
+    monkeypatch.setattr(bm, "POISON", True)
+    monkeypatch.setattr(ops_attention.runtime, "max_shared_per_block", A100_SMEM)
+    launched = []
+    launch = ops_attention.runtime.launch
+    monkeypatch.setattr(ops_attention.runtime, "launch", lambda fn, *a, **k: (
+        launched.append(fn.mg_name), launch(fn, *a, **k))[1])
+    q, k, v, do = (rng.standard_normal((3, 300, 128)).astype(np.float32) for _ in range(4))
+    qt, kt, vt = (Tensor(x, device="cuda", requires_grad=True) for x in (q, k, v))
+    out = (mg.ops.attention_flash_causal if causal else mg.ops.attention_flash)(qt, kt, vt)
+    (out * Tensor(do, device="cuda")).sum().backward()
+    mg.realize(out, qt.grad, kt.grad, vt.grad)
+    flash = [n for n in launched if n.startswith("flash")]
+    assert len(flash) >= 5 and all(n.startswith("flash_attention_") for n in flash), launched
+    ref_out, _, _ = ref_attention64(q, k, v, causal)
+    close(out.numpy(), ref_out)
+    for g, r in zip((qt.grad, kt.grad, vt.grad), ref_grads64(q, k, v, do, causal)):
+        assert np.linalg.norm(g.numpy() - r) <= 1e-5 * np.linalg.norm(r)
 
 
 @pytest.mark.cuda

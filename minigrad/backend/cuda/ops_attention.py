@@ -90,8 +90,23 @@ def _redrawn(args, dropout_p, seed):
 
 
 def _tf32(d):
-    """True when head dim d runs on the 3xTF32 tensor-core kernels."""
+    """True when head dim d runs on the 3xTF32 tensor-core kernels (where they fit)."""
     return TF32 and d <= 128
+
+
+def _fits(*nbytes):
+    """Kernels asking these dynamic shared-memory bytes per block run on this GPU (sm_90
+    allows 227 KB, sm_80 163 KB, sm_86 / sm_89 99 KB: the d128 3xTF32 kernels need 198 KB,
+    so smaller cards take the FFMA kernels where those fit)."""
+    return max(nbytes) <= runtime.max_shared_per_block
+
+
+def _no_kernel(op, d, what, need):
+    raise RuntimeError(
+        f"{op}: no flash-attention kernel for head dim D={d} fits this GPU: the {what} "
+        f"needs {need} bytes of shared memory per block, {runtime.name} ({runtime.arch}) "
+        f"allows {runtime.max_shared_per_block}. CausalSelfAttention(impl='naive') (composed "
+        f"ops) runs on any GPU.")
 
 
 def _nw(dp, s, b, backward=False, causal=False):
@@ -180,14 +195,17 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
         args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
                 b, s, d, _scale(d)]
-        tiled = _tf32(d) and not causal      # the kernels that take a tail split
-        if _tf32(d):
+        tf32 = _tf32(d) and _fits(T_SMEM[dp, _nw(dp, s, b)][0])
+        tiled = tf32 and not causal          # the kernels that take a tail split
+        if tf32:
             nw = _nw(dp, s, b)
             nt, rows, smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][0]
             name = f"flash_tf32_fwd{c}{sfx}_d{dp}_w{nw}"
         else:
             nt, rows, smem = 128, ROWS, FWD[dp][1]
             name = f"flash_attention_fwd{c}{sfx}_d{dp}"
+            if not _fits(smem):
+                _no_kernel("attention_flash", d, "forward", smem)
         fn = _flash_fn(be, name, "PPPPPiiif" + ("iiPP" if tiled else "") + dfmt, smem, dp, drop)
         tiles = math.ceil(s / rows) * b
         split = _Split(be, fn, nt, smem, tiles, rows, d, math.ceil(s / FWD_KEYS), tiled, True,
@@ -208,15 +226,23 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     dp, c, scale = _dp(d), "_causal" if causal else "", _scale(d)
     dd = be.empty(q.shape[:-1], float32)
     sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
-    if _tf32(d):
+    tf32 = _tf32(d)
+    if tf32:
         nw = _nw(dp, s, b, backward=True, causal=causal)
+        if not _fits(*T_SMEM[dp, nw][2:]) and (dp, 4) in T_SMEM:
+            nw = 4                           # 8 warps preferred, 4 fit a smaller card
+        tf32 = _fits(*T_SMEM[dp, nw][2:])
+    if tf32:
         pfx, w = "flash_tf32", f"_w{nw}"
         kv_nt, kv_rows, kv_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][3]
         dq_nt, dq_rows, dq_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][2]
     else:
         pfx, w, (kv_nt, kv_rows, kv_smem) = "flash_attention", "", (128,) + DKDV[dp]
         dq_nt, dq_rows, dq_smem = 128, ROWS, DQ[dp]
-    tiled = _tf32(d) and not causal          # the dQ kernels that take a tail split
+        if not _fits(kv_smem, dq_smem):
+            _no_kernel("attention_flash backward", d, "dK/dV or dQ pass",
+                       max(kv_smem, dq_smem))
+    tiled = tf32 and not causal              # the dQ kernels that take a tail split
     dq_fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + "iiP" * tiled + dfmt,
                       dq_smem, dp, drop)
     # (its buffers are allocated before the fork: the side stream's work is ordered after

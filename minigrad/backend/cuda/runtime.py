@@ -60,6 +60,9 @@ multiprocessors = device.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT
 _sm_limits = tuple(device.get_attribute(getattr(drv.device_attribute, a)) for a in (
     "MAX_REGISTERS_PER_MULTIPROCESSOR", "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR",
     "MAX_THREADS_PER_MULTIPROCESSOR"))
+# the most dynamic shared memory one block may ask for (227 KB on sm_90, 163 KB on sm_80,
+# 99 KB on sm_86 / sm_89): kernels are chosen to fit it, or the op says why none does
+max_shared_per_block = device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
 _peak = 0
 _n_allocs = 0
 _FAST = hasattr(drv.Function, "_launch_kernel")
@@ -216,7 +219,12 @@ def blocks_per_sm(function, threads: int, shared_mem: int) -> int:
 
 
 def set_max_dynamic_shared(function, nbytes: int):
-    """Allow a kernel more than 48 KB of dynamic shared memory."""
+    """Allow a kernel more than 48 KB of dynamic shared memory (a clear error where this
+    GPU allows less than it needs)."""
+    if nbytes > max_shared_per_block:
+        raise RuntimeError(f"kernel {getattr(function, 'mg_name', '?')} needs {nbytes} bytes "
+                           f"of shared memory per block; {name} ({arch}) allows "
+                           f"{max_shared_per_block}")
     function.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
 
 
