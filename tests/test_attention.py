@@ -312,6 +312,24 @@ def test_flash_kernels_fit_the_cards_shared_memory():
         f"{tf32}_bwd_preprocess", f"{tf32}_fwd_causal_d64_w8"]
 
 
+def test_self_attention_auto_avoids_flash_where_it_does_not_fit():
+    """(CPU, PyCUDA stubbed) CausalSelfAttention's impl="auto" takes the flash kernels on the
+    GPU where they fit the card (H200: head size 64; sm_89: 32) and composes ops where the
+    flash backward would be refused (sm_89: head size 64), so training still runs."""
+    out = run_stubbed("""
+        x = mg.Tensor(np.zeros((2, 16, 64), np.float32), device="cuda", requires_grad=True)
+        for limit, n_head in ((232448, 1), (101376, 1), (101376, 2)):
+            runtime.max_shared_per_block = limit
+            attn = mg.nn.CausalSelfAttention(64, n_head).to("cuda")
+            del log[:]
+            attn(x).sum().backward()
+            mg.realize(x.grad)
+            print(limit, 64 // n_head, any(k[0].startswith("flash") for k in log))
+    """)
+    assert out.split() == ["232448", "64", "True", "101376", "64", "False",
+                           "101376", "32", "True"]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_flash_on_a_card_with_less_shared_memory(causal, rng, monkeypatch):

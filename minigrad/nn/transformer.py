@@ -58,19 +58,27 @@ def _kernel_attention(q, k, v, causal, impl, dropout_p=0.0):
 ATTENTION_IMPLS = ("auto", "naive", "flash", "tc")
 
 
+def _flash_fits(head_dim):
+    from ..device import get_backend
+    return get_backend("cuda").flash_attention_fits(head_dim)
+
+
 def attention(q, k, v, causal=True, dropout_p=0.0, training=False, impl="auto") -> Tensor:
     """Scaled dot-product attention of q, k, v shaped [..., T, head_size], with dropout
     of the attention probabilities (probability dropout_p) while `training`.
 
     impl="auto" is the flash kernel on CUDA (also while training with dropout: the flash
-    ops take dropout_p, their mask drawn from minigrad's generator, mg.manual_seed) and
+    ops take dropout_p, their mask drawn from minigrad's generator, mg.manual_seed) where
+    its kernels fit the card's shared memory (every head size on an H100 / H200; on smaller
+    cards the flash ops raise for some head sizes, so "auto" composes ops there), and
     the composed ops on the CPU; "flash" runs the flash ops on any device (the CPU runs
     their NumPy reference); "tc" (f16 tensor-core attention) has no dropout and raises
     while training with dropout_p > 0. Flash dropout and the composed ops' dropout keep
     each probability with the same chance 1-p, but they draw different masks."""
     drop = dropout_p if training else 0.0
     if impl == "auto":
-        impl = "flash" if q.device == "cuda" and drop < 1 else "naive"
+        impl = "flash" if q.device == "cuda" and drop < 1 and _flash_fits(q.shape[-1]) \
+            else "naive"
     if impl == "naive":
         return naive_attention(q, k, v, causal, dropout_p, training)
     if impl not in ATTENTION_IMPLS:

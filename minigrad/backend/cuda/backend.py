@@ -163,6 +163,10 @@ class CudaBackend:
     def memory_stats(self) -> dict:
         return runtime.memory_stats()
 
+    def flash_attention_fits(self, head_dim: int) -> bool:
+        """The flash ops' kernels (forward and backward) fit this card's shared memory."""
+        return ops_attention.flash_fits(head_dim)
+
     # -- the elementwise engine ---------------------------------------------------
     def _ew(self, expr, out: CudaBuffer, ins=(), scalars=(), replay_scalars=None):
         """out[...] = expr(ins[...]) over equal shapes; scalars: (ctype, value).

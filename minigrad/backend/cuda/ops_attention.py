@@ -101,6 +101,18 @@ def _fits(*nbytes):
     return max(nbytes) <= runtime.max_shared_per_block
 
 
+def flash_fits(d):
+    """The flash ops' forward and backward at head dim d have kernels that fit this card
+    (else they raise _no_kernel's error): what nn.attention's impl="auto" asks first."""
+    dp = _dp(d)
+    ffma_fwd, ffma_bwd = _fits(FWD[dp][1]), _fits(DQ[dp], DKDV[dp][1])
+    if not _tf32(d):
+        return ffma_fwd and ffma_bwd
+    nws = [nw for nw in (4, 8) if (dp, nw) in T_SMEM]
+    return (_fits(T_SMEM[dp, nws[0]][0]) or ffma_fwd) and \
+        (any(_fits(*T_SMEM[dp, nw][2:]) for nw in nws) or ffma_bwd)
+
+
 def _no_kernel(op, d, what, need):
     raise RuntimeError(
         f"{op}: no flash-attention kernel for head dim D={d} fits this GPU: the {what} "
