@@ -13,7 +13,10 @@ smallest DP >= D); each DP is compiled on first use only (-DFA3_ONLY_DP / -DFA_O
 dynamic shared-memory bytes below are the launch tables of the kernel files' headers.
 Inputs are made dense [B, S, D] (B = all leading dims); every op is one launch for
 all B slices (the backward: preprocess, then the dK/dV pass and, beside it on the
-runtime's side stream, the dQ pass).
+runtime's side stream, the dQ pass). The non-causal 3xTF32 forward and dQ pass may run
+the tiles of a partly filled last wave as key ranges plus a merge (_tail_split). Each
+pass takes the kernel that fits the card's shared memory per block (3xTF32, else FFMA,
+else a clear error: _fits, flash_fits).
 
 Attention dropout (dropout_p > 0, a seed): the `_dropout` kernels of the same file, which
 take one struct fa::DropArgs after the usual arguments (the 14 Philox round keys of the
@@ -144,9 +147,9 @@ def _flash_fn(be, entry, fmt, smem, dp, drop):
 
 
 def _tail_split(tiles, slots, key_tiles):
-    """(first, parts): how the non-causal tf32 forward runs `tiles` equal query tiles on
-    `slots` = SMs x blocks per SM. Tiles from `first` on each run as `parts` blocks over
-    key ranges, which flash_tf32_merge combines; parts = 1: no split.
+    """(first, parts): how the non-causal tf32 forward or dQ pass runs `tiles` equal query
+    tiles on `slots` = SMs x blocks per SM. Tiles from `first` on each run as `parts` blocks
+    over key ranges, which flash_tf32_merge combines; parts = 1: no split.
 
     Why: the grid's last wave holds `tail` = tiles mod slots tiles and the rest of the card
     waits for them (64 x 4096 x 128 on 132 SMs: 68 tiles, 64 SMs idle for a tile's time).
@@ -166,9 +169,10 @@ def _tail_split(tiles, slots, key_tiles):
 
 
 class _Split:
-    """The tail split of one launch (fwd: key ranges merged by their log-sum-exp; dQ: key
-    ranges summed): `grid`, the kernel's extra arguments `args` (none where the kernel
-    takes no split), the parts' buffers, and `merge(out, lse)` queuing flash_tf32_merge."""
+    """The tail split of one launch: `grid`, the kernel's extra arguments `args` (none where
+    the kernel takes no split: causal or FFMA), the parts' buffers, and `merge(out, lse)`
+    queuing flash_tf32_merge. with_l: the ranges also write their log-sum-exps and are
+    merged by them (the forward); else their partial sums are added (dQ)."""
 
     def __init__(self, be, fn, nt, smem, tiles, rows, d, key_tiles, takes_split, with_l, drop):
         self.be, self.rows, self.d, self.drop, self.first, self.parts = be, rows, d, drop, tiles, 1
@@ -207,10 +211,10 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
         args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
                 b, s, d, _scale(d)]
-        tf32 = _tf32(d) and _fits(T_SMEM[dp, _nw(dp, s, b)][0])
+        nw = _nw(dp, s, b) if _tf32(d) else None
+        tf32 = _tf32(d) and _fits(T_SMEM[dp, nw][0])
         tiled = tf32 and not causal          # the kernels that take a tail split
         if tf32:
-            nw = _nw(dp, s, b)
             nt, rows, smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][0]
             name = f"flash_tf32_fwd{c}{sfx}_d{dp}_w{nw}"
         else:
