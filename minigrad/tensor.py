@@ -335,10 +335,13 @@ class Tensor:
                              f"({self.device} and {other.device}); move one with .to()")
         if la.dtype is lb.dtype and la.shape == lb.shape:   # fast path: nothing to do
             return self, other
-        a, b = self, other
-        dtype = promote(a.dtype, b.dtype)
-        shape = broadcast_shape(la.shape, lb.shape, name)
-        return a.cast(dtype).expand(*shape), b.cast(dtype).expand(*shape)
+        dtype = la.dtype if la.dtype is lb.dtype else promote(la.dtype, lb.dtype)
+        shape = la.shape if la.shape == lb.shape else broadcast_shape(la.shape, lb.shape, name)
+        return self.cast(dtype)._broadcast_to(shape), other.cast(dtype)._broadcast_to(shape)
+
+    def _broadcast_to(self, shape: tuple) -> "Tensor":
+        """expand() to a shape broadcast_shape() has already checked (no re-validation)."""
+        return self if self.lazydata.shape == shape else F.Expand.apply(self, shape)
 
     def _binary(self, fn, other, name, reverse=False, float_only=False):
         a, b = self._pair(other, name)
@@ -436,36 +439,43 @@ class Tensor:
 
     # ---------------------------------------------------------- reductions --
     def _axes(self, axis, name) -> tuple:
+        nd = self.ndim
         if axis is None:
-            return tuple(range(self.ndim))
+            return tuple(range(nd))
+        if type(axis) is int and -nd <= axis < nd:      # the common case, checked at once
+            return (axis % nd,)
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
         out = []
         for a in axes:
-            if not -max(self.ndim, 1) <= a < max(self.ndim, 1):
+            if not -max(nd, 1) <= a < max(nd, 1):
                 raise ValueError(f"{name}: axis {a} is out of range for a tensor of "
                                  f"shape {self.shape}")
-            out.append(a % self.ndim if self.ndim else 0)
+            out.append(a % nd if nd else 0)
         if len(set(out)) != len(out):
             raise ValueError(f"{name}: repeated axis in {axis}")
-        return tuple(sorted(out)) if self.ndim else ()
+        return tuple(sorted(out)) if nd else ()
 
     def _reduced_shape(self, axes, keepdim) -> tuple:
         return tuple(1 if i in axes else s for i, s in enumerate(self.shape)
                      if keepdim or i not in axes)
 
+    def _squeeze_reduced(self, out, axes, keepdim) -> "Tensor":
+        """A reduction's keepdim result `out` as the caller asked for it (no re-validation:
+        the shape is the reduced one)."""
+        return out if keepdim else F.Reshape.apply(out, self._reduced_shape(axes, False))
+
     def sum(self, axis=None, keepdim=False, dtype=None) -> "Tensor":
         axes = self._axes(axis, "sum")
         x = self.cast(dtype) if dtype is not None else \
             self.cast(int64) if not self.dtype.is_float else self
-        out = F.Sum.apply(x, axes) if axes else x
-        return out if keepdim else out.reshape(self._reduced_shape(axes, False))
+        return self._squeeze_reduced(F.Sum.apply(x, axes), axes, keepdim) if axes else x
 
     def _minmax(self, axis, keepdim, op) -> "Tensor":
         axes = self._axes(axis, op)
         if any(self.shape[a] == 0 for a in axes):
             raise ValueError(f"{op}: cannot reduce over an empty axis (shape {self.shape})")
-        out = F.Max.apply(self, axes, op) if axes else self
-        return out if keepdim else out.reshape(self._reduced_shape(axes, False))
+        return self._squeeze_reduced(F.Max.apply(self, axes, op), axes, keepdim) if axes \
+            else self
 
     def max(self, axis=None, keepdim=False): return self._minmax(axis, keepdim, "max")
     def min(self, axis=None, keepdim=False): return self._minmax(axis, keepdim, "min")
@@ -493,7 +503,7 @@ class Tensor:
             return self.flatten().argmax(0)
         (a,) = self._axes(axis, "argmax")
         out = F._node("argmax", (a,), [self], self._reduced_shape((a,), True), dtype=int64)
-        return out if keepdim else out.reshape(self._reduced_shape((a,), False))
+        return self._squeeze_reduced(out, (a,), keepdim)
 
     def argmin(self, axis=None, keepdim=False):
         return (-self if self.dtype.is_float else -(self.cast(int64))).argmax(axis, keepdim)
