@@ -408,7 +408,8 @@ class Tensor:
         b = b if isinstance(b, Tensor) else a._const(b)
         a, b = a._pair(b, "where")
         shape = broadcast_shape(cond.shape, a.shape, "where")
-        return F.Where.apply(cond.expand(*shape), a.expand(*shape), b.expand(*shape))
+        return F.Where.apply(cond._broadcast_to(shape), a._broadcast_to(shape),
+                             b._broadcast_to(shape))
 
     # --------------------------------------------------------------- unary --
     def _unary(self, fn):
@@ -774,7 +775,8 @@ class Tensor:
             out = F.Matmul.apply(a.reshape(-1, a.shape[-1]), b)
             return out.reshape(a.shape[:-1] + b.shape[-1:])
         batch = broadcast_shape(a.shape[:-2], b.shape[:-2], "matmul")
-        return F.Matmul.apply(a.expand(*batch, *a.shape[-2:]), b.expand(*batch, *b.shape[-2:]))
+        return F.Matmul.apply(a._broadcast_to(batch + a.shape[-2:]),
+                              b._broadcast_to(batch + b.shape[-2:]))
 
     # ---------------------------------------------------------- nn funcs --
     def softmax(self, axis=-1) -> "Tensor":
