@@ -232,9 +232,10 @@ class jit:
         cap.held += cap.inputs + cap.outputs
         self._capture, self._signature = cap, signature
         if lazy.DEBUG >= 1:
+            rebuilt = sum(e[0] == runtime._LAUNCH and callable(e[4]) for e in cap.entries)
             print(f"[minigrad] jit {self.__name__}: captured {len(cap.entries)} launches and "
-                  f"copies ({sum(e[0] == runtime._LAUNCH and callable(e[4]) for e in cap.entries)} with "
-                  f"arguments rebuilt per replay), {cap.draws} random draws")
+                  f"copies ({rebuilt} with arguments rebuilt per replay), {cap.draws} random "
+                  f"draws")
         return _rebuild(cap.template, iter(_copies(cap.outputs)))
 
     def _replay(self, tensors):

@@ -16,7 +16,7 @@ all B slices (the backward: preprocess, then the dK/dV pass and, beside it on th
 runtime's side stream, the dQ pass). The non-causal 3xTF32 forward and dQ pass may run
 the tiles of a partly filled last wave as key ranges plus a merge (_tail_split). Each
 pass takes the kernel that fits the card's shared memory per block (3xTF32, else FFMA,
-else a clear error: _fits, flash_fits).
+else a clear error: _kernel_choice).
 
 Attention dropout (dropout_p > 0, a seed): the `_dropout` kernels of the same file, which
 take one struct fa::DropArgs after the usual arguments (the 14 Philox round keys of the
@@ -104,16 +104,24 @@ def _fits(*nbytes):
     return max(nbytes) <= runtime.max_shared_per_block
 
 
+def _kernel_choice(d, s, b, backward=False, causal=False):
+    """Which kernels a pass at head dim d runs on this card: the 3xTF32 ones' warps per block
+    (the host rule _nw, or 4 where its choice does not fit), 0 for the FFMA ones, None where
+    neither fits. backward: the dQ and dK/dV passes together."""
+    dp = _dp(d)
+    if _tf32(d):
+        for nw in (_nw(dp, s, b, backward, causal), 4):
+            if (dp, nw) in T_SMEM and _fits(*T_SMEM[dp, nw][2:] if backward else
+                                            T_SMEM[dp, nw][:1]):
+                return nw
+    return 0 if _fits(*(DQ[dp], DKDV[dp][1]) if backward else (FWD[dp][1],)) else None
+
+
 def flash_fits(d):
     """The flash ops' forward and backward at head dim d have kernels that fit this card
     (else they raise _no_kernel's error): what nn.attention's impl="auto" asks first."""
-    dp = _dp(d)
-    ffma_fwd, ffma_bwd = _fits(FWD[dp][1]), _fits(DQ[dp], DKDV[dp][1])
-    if not _tf32(d):
-        return ffma_fwd and ffma_bwd
-    nws = [nw for nw in (4, 8) if (dp, nw) in T_SMEM]
-    return (_fits(T_SMEM[dp, nws[0]][0]) or ffma_fwd) and \
-        (any(_fits(*T_SMEM[dp, nw][2:]) for nw in nws) or ffma_bwd)
+    return _kernel_choice(d, 1, 1) is not None and \
+        _kernel_choice(d, 1, 1, backward=True) is not None
 
 
 def _no_kernel(op, d, what, need):
@@ -211,17 +219,16 @@ def flash_forward(be, q, k, v, causal=False, with_stats=False, dropout_p=0.0, se
         sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
         args = [q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr if lse is not None else 0,
                 b, s, d, _scale(d)]
-        nw = _nw(dp, s, b) if _tf32(d) else None
-        tf32 = _tf32(d) and _fits(T_SMEM[dp, nw][0])
-        tiled = tf32 and not causal          # the kernels that take a tail split
-        if tf32:
+        nw = _kernel_choice(d, s, b)
+        if nw is None:
+            _no_kernel("attention_flash", d, "forward", FWD[dp][1])
+        tiled = bool(nw) and not causal      # the kernels that take a tail split
+        if nw:
             nt, rows, smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][0]
             name = f"flash_tf32_fwd{c}{sfx}_d{dp}_w{nw}"
         else:
             nt, rows, smem = 128, ROWS, FWD[dp][1]
             name = f"flash_attention_fwd{c}{sfx}_d{dp}"
-            if not _fits(smem):
-                _no_kernel("attention_flash", d, "forward", smem)
         fn = _flash_fn(be, name, "PPPPPiiif" + ("iiPP" if tiled else "") + dfmt, smem, dp, drop)
         tiles = math.ceil(s / rows) * b
         split = _Split(be, fn, nt, smem, tiles, rows, d, math.ceil(s / FWD_KEYS), tiled, True,
@@ -242,23 +249,17 @@ def flash_backward(be, q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=No
     dp, c, scale = _dp(d), "_causal" if causal else "", _scale(d)
     dd = be.empty(q.shape[:-1], float32)
     sfx, dfmt, dargs, drop = _drop(dropout_p, seed)
-    tf32 = _tf32(d)
-    if tf32:
-        nw = _nw(dp, s, b, backward=True, causal=causal)
-        if not _fits(*T_SMEM[dp, nw][2:]) and (dp, 4) in T_SMEM:
-            nw = 4                           # 8 warps preferred, 4 fit a smaller card
-        tf32 = _fits(*T_SMEM[dp, nw][2:])
-    if tf32:
+    nw = _kernel_choice(d, s, b, backward=True, causal=causal)
+    if nw is None:
+        _no_kernel("attention_flash backward", d, "dK/dV or dQ pass", max(DQ[dp], DKDV[dp][1]))
+    if nw:
         pfx, w = "flash_tf32", f"_w{nw}"
         kv_nt, kv_rows, kv_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][3]
         dq_nt, dq_rows, dq_smem = 32 * nw, 16 * nw, T_SMEM[dp, nw][2]
     else:
         pfx, w, (kv_nt, kv_rows, kv_smem) = "flash_attention", "", (128,) + DKDV[dp]
         dq_nt, dq_rows, dq_smem = 128, ROWS, DQ[dp]
-        if not _fits(kv_smem, dq_smem):
-            _no_kernel("attention_flash backward", d, "dK/dV or dQ pass",
-                       max(kv_smem, dq_smem))
-    tiled = tf32 and not causal              # the dQ kernels that take a tail split
+    tiled = bool(nw) and not causal          # the dQ kernels that take a tail split
     dq_fn = _flash_fn(be, f"{pfx}_bwd_dq{c}{sfx}_d{dp}{w}", "PPPPPPPiiif" + "iiP" * tiled + dfmt,
                       dq_smem, dp, drop)
     # (its buffers are allocated before the fork: the side stream's work is ordered after
