@@ -354,7 +354,7 @@ __device__ __forceinline__ void load_vec(float* sm, const float* gv, int row0, i
     }
 }
 
-// Stores rows rlo, rhi (global row indices; < S only) of acc * (mlo, mhi) into out [S, D].
+// Stores rows rlo, rhi of acc * (mlo, mhi) into out [S, D] (rows >= S are not stored).
 template <int DP>
 __device__ __forceinline__ void store_rows(float* out, const float (&acc)[DP / 8][4], float mlo, float mhi,
                                            int rlo, int rhi, int S, int D, int t, bool vec) {
@@ -583,25 +583,18 @@ __device__ __forceinline__ void fwd(const float* __restrict__ Q, const float* __
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
     l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-    if (slot >= 0) {                                 // a key range of a tail tile
-        float* op = split.o + (size_t)slot * BR * D;
-        const bool vec_out = (D & 3) == 0 && mg_aligned16(split.o);
-        const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
-        store_rows<DP>(op, o, i_lo, i_hi, rlo, rhi, S - q0, D, t, vec_out);
-        if (t == 0) {
-            if (q0 + rlo < S) split.l[(size_t)slot * BR + rlo] = (m_lo + log2f(l_lo)) * LN2;
-            if (q0 + rhi < S) split.l[(size_t)slot * BR + rhi] = (m_hi + log2f(l_hi)) * LN2;
-        }
-        return;
-    }
+    // This tile's rows of O and LSE, or, for a key range of a tail tile, its slot of o_part and
+    // l_part (rows from 0 in both cases; rows at or past S - q0 are not stored).
+    const bool part = slot >= 0;
     if (PV) {
-        const bool vec_out = (D & 3) == 0 && mg_aligned16(O);
+        float* out = part ? split.o + (size_t)slot * BR * D : O + off + (size_t)q0 * D;
         const float i_lo = DROP ? drop.rp / l_lo : 1.f / l_lo, i_hi = DROP ? drop.rp / l_hi : 1.f / l_hi;
-        store_rows<DP>(O + off, o, i_lo, i_hi, q0 + rlo, q0 + rhi, S, D, t, vec_out);
+        store_rows<DP>(out, o, i_lo, i_hi, rlo, rhi, S - q0, D, t, (D & 3) == 0 && mg_aligned16(out));
     }
-    if (LSE != nullptr && t == 0) {
-        if (q0 + rlo < S) LSE[(size_t)b * S + q0 + rlo] = (m_lo + log2f(l_lo)) * LN2;
-        if (q0 + rhi < S) LSE[(size_t)b * S + q0 + rhi] = (m_hi + log2f(l_hi)) * LN2;
+    float* lse = part ? split.l + (size_t)slot * BR : LSE != nullptr ? LSE + (size_t)b * S + q0 : nullptr;
+    if (lse != nullptr && t == 0) {
+        if (q0 + rlo < S) lse[rlo] = (m_lo + log2f(l_lo)) * LN2;
+        if (q0 + rhi < S) lse[rhi] = (m_hi + log2f(l_hi)) * LN2;
     }
 }
 
@@ -691,13 +684,9 @@ __device__ __forceinline__ void bwd_dq(const float* __restrict__ Q, const float*
         gemm_pm<NJ, DP, LD>(acc, s, Ks + buf * BC * LD, g, t, ngr);
     }
     mg_cp_async_wait<0>();
-    if (slot >= 0) {                                 // a key range of a tail tile: its sum
-        store_rows<DP>(split.o + (size_t)slot * BR * D, acc, scale, scale, rlo, rhi, S - q0, D,
-                       t, (D & 3) == 0 && mg_aligned16(split.o));
-        return;
-    }
-    const bool vec_out = (D & 3) == 0 && mg_aligned16(dQ);
-    store_rows<DP>(dQ + off, acc, scale, scale, q0 + rlo, q0 + rhi, S, D, t, vec_out);
+    // This tile's rows of dQ, or, for a key range of a tail tile, its partial sum's slot of dq_part
+    float* out = slot >= 0 ? split.o + (size_t)slot * BR * D : dQ + off + (size_t)q0 * D;
+    store_rows<DP>(out, acc, scale, scale, rlo, rhi, S - q0, D, t, (D & 3) == 0 && mg_aligned16(out));
 }
 
 // ----------------------------------------------------------------------- backward: dkdv --
