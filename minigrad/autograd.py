@@ -30,6 +30,11 @@ class _GradMode(contextlib.ContextDecorator):
     def __init__(self, enabled: bool):
         self.enabled = enabled
 
+    def _recreate_cm(self):
+        # a decorated function's every call gets its own context (its own `prev`): a
+        # recursive call, or two threads in one function, must not restore each other's mode
+        return _GradMode(self.enabled)
+
     def __enter__(self):
         self.prev = is_grad_enabled()
         _state.grad_enabled = self.enabled

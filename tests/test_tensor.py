@@ -1209,6 +1209,20 @@ def test_no_grad_decorator(device):
     assert (x * 3)._ctx is not None
 
 
+def test_no_grad_decorator_recursive_call_restores_grad_mode(device):
+    # the decorator's context must not be one object shared by nested calls: the inner call
+    # would overwrite the outer's saved mode and leave gradients off for good
+    x = Tensor([1.0], requires_grad=True, device=device)
+
+    @mg.no_grad()
+    def depth(n):
+        assert not mg.autograd.is_grad_enabled()
+        return depth(n - 1) if n else (x * 2)
+
+    assert depth(3)._ctx is None
+    assert mg.autograd.is_grad_enabled() and (x * 2).requires_grad
+
+
 def test_no_grad_restored_after_exception(device):
     x = Tensor([1.0], requires_grad=True, device=device)
     with pytest.raises(ZeroDivisionError):
