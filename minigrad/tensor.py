@@ -622,10 +622,11 @@ class Tensor:
 
     @staticmethod
     def cat(tensors: Sequence["Tensor"], dim=0) -> "Tensor":
-        tensors = list(tensors)
-        if not tensors:
-            raise ValueError("cat: need at least one tensor")
+        tensors = _tensor_list(tensors, "cat")
         first = tensors[0]
+        if first.ndim == 0:
+            raise ValueError("cat: zero-dimensional tensors cannot be concatenated; "
+                             "use Tensor.stack")
         axis = first._axes(dim, "cat")[0]
         for t in tensors[1:]:
             if t.ndim != first.ndim or any(a != b for i, (a, b) in
@@ -643,9 +644,7 @@ class Tensor:
 
     @staticmethod
     def stack(tensors: Sequence["Tensor"], dim=0) -> "Tensor":
-        tensors = list(tensors)
-        if not tensors:
-            raise ValueError("stack: need at least one tensor")
+        tensors = _tensor_list(tensors, "stack")
         for t in tensors[1:]:
             if t.shape != tensors[0].shape:
                 raise ValueError(f"stack: shapes {tensors[0].shape} and {t.shape} differ")
@@ -661,11 +660,13 @@ class Tensor:
             if isinstance(size, int) else list(size)
         if sum(sizes) != n:
             raise ValueError(f"split: sizes {sizes} do not add up to {n} (dim {axis})")
-        if len(sizes) == 1:
+        if len(sizes) <= 1:             # one piece (an empty dim too, as in PyTorch)
             return [self]
         return list(F.Split.apply(self, axis, tuple(sizes)))
 
     def chunk(self, n, dim=0) -> list:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"chunk: the number of chunks must be a positive int, got {n!r}")
         axis = self._axes(dim, "chunk")[0]
         return self.split(max(1, math.ceil(self.shape[axis] / n)), axis)
 
@@ -871,6 +872,20 @@ def _result_shape(shrunk_shape, index, is_array) -> tuple:
         else:
             next(it)
     return tuple(out)
+
+
+def _tensor_list(tensors, name) -> list:
+    """cat/stack's first argument: a non-empty sequence of Tensors (a Tensor itself is
+    refused, not iterated over its first axis)."""
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name}: expected a list or tuple of Tensors, got "
+                        f"{type(tensors).__name__}; e.g. Tensor.{name}([a, b], dim=0)")
+    if not tensors:
+        raise ValueError(f"{name}: need at least one tensor")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: element {i} is a {type(t).__name__}, not a Tensor")
+    return list(tensors)
 
 
 def broadcast_shape(a: tuple, b: tuple, name="broadcast") -> tuple:

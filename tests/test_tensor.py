@@ -438,6 +438,28 @@ def test_cat_promotes_dtypes(device):
     assert out.dtype == mg.float32 and out.tolist() == [1.0, 2.0, 0.5]
 
 
+def test_cat_stack_refuse_a_tensor_and_bad_elements(device):
+    a = Tensor(np.ones((2, 3), np.float32), device=device)
+    with pytest.raises(TypeError, match="cat: expected a list or tuple of Tensors"):
+        Tensor.cat(a)                      # would otherwise iterate over a's rows
+    with pytest.raises(TypeError, match="cat: expected a list or tuple"):
+        a.cat(a, dim=0)
+    with pytest.raises(TypeError, match="stack: element 1 is a int"):
+        Tensor.stack([a, 3])
+    with pytest.raises(ValueError, match="cat: zero-dimensional"):
+        Tensor.cat([Tensor(1.0, device=device), Tensor(2.0, device=device)])
+
+
+def test_chunk_and_split_edge_cases(device):
+    a = Tensor(np.arange(6, dtype=np.float32), device=device)
+    for n in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="chunk: the number of chunks must be a positive"):
+            a.chunk(n)
+    empty = Tensor.zeros(0, 3, device=device)
+    pieces = empty.split(2)                # one empty piece, as in PyTorch
+    assert len(pieces) == 1 and pieces[0].shape == (0, 3)
+
+
 # ---- indexing ----------------------------------------------------------------
 
 @HYP
