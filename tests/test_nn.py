@@ -274,6 +274,44 @@ def test_embedding_and_layernorm():
                                atol=1e-5)
 
 
+def test_layernorm_takes_a_normalized_shape_like_pytorch():
+    x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
+    ln1 = nn.LayerNorm((4,))                          # a 1-tuple: the last axis, as an int
+    assert ln1.weight.shape == (4,)
+    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(ln1(Tensor(x)).numpy(), ref, rtol=1e-5, atol=1e-5)
+    ln2 = nn.LayerNorm([3, 4])                        # the last two axes together
+    assert ln2.weight.shape == (3, 4) and ln2.bias.shape == (3, 4)
+    m, v = x.mean((1, 2), keepdims=True), x.var((1, 2), keepdims=True)
+    np.testing.assert_allclose(ln2(Tensor(x)).numpy(), (x - m) / np.sqrt(v + 1e-5),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"needs last dimensions \(3, 4\)"):
+        ln2(Tensor(x[:, :2]))
+    for bad in (0, (), (4, -1), 2.5):
+        with pytest.raises(ValueError, match="LayerNorm: dim must be a positive int"):
+            nn.LayerNorm(bad)
+
+
+def test_integer_tensor_attributes_are_buffers_not_parameters():
+    class WithTable(nn.Module):
+        def __init__(self):
+            self.proj = nn.Linear(3, 2)
+            self.pos = Tensor.arange(4)                # an index table: no gradient possible
+
+        def forward(self, x):
+            return self.proj(x)
+
+    m = WithTable()
+    assert [n for n, _ in m.named_parameters()] == ["proj.weight", "proj.bias"]
+    assert [n for n, _ in m.named_buffers()] == ["pos"]
+    assert set(m.state_dict()) == {"proj.weight", "proj.bias", "pos"}
+    opt = mg.optim.AdamW(m.parameters(), lr=0.1)       # raised on the int tensor before
+    m(Tensor(np.ones((1, 3), np.float32))).sum().backward()
+    opt.step()
+    m.to(mg.float16)                                   # buffers keep their dtype
+    assert m.pos.dtype == mg.int64 and m.proj.weight.dtype == mg.float16
+
+
 def test_gradcheck_linear():
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((2, 3)), dtype=mg.float64, requires_grad=True)

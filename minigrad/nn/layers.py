@@ -83,18 +83,25 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
-    """Normalise the last axis, then scale by `.weight` (ones) and shift by `.bias` (zeros)."""
+    """Normalise the last axis (or, for a tuple `dim`, the last len(dim) axes, as PyTorch's
+    normalized_shape), then scale by `.weight` (ones) and shift by `.bias` (zeros)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
-        self.dim, self.eps = dim, eps
-        self.weight = _param(Tensor.ones(dim))
-        self.bias = _param(Tensor.zeros(dim)) if bias else None
+    def __init__(self, dim, eps: float = 1e-5, bias: bool = True):
+        shape = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+        if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0
+                            for d in shape):
+            raise ValueError(f"LayerNorm: dim must be a positive int or a tuple of them, "
+                             f"got {dim!r}")
+        self.dim, self.eps, self._shape = dim, eps, shape
+        self.weight = _param(Tensor.ones(*shape))
+        self.bias = _param(Tensor.zeros(*shape)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"LayerNorm: input of shape {x.shape} needs a last dimension "
-                             f"of {self.dim}")
-        y = x.layernorm(-1, self.eps) * self.weight
+        n = len(self._shape)
+        if x.shape[-n:] != self._shape or x.ndim < n:
+            raise ValueError(f"LayerNorm: input of shape {x.shape} needs last dimensions "
+                             f"{self._shape}")
+        y = x.layernorm(-1 if n == 1 else tuple(range(-n, 0)), self.eps) * self.weight
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self):

@@ -4,8 +4,9 @@ A module's parameters are the Tensors found in its attributes, directly, inside
 sub-Modules, or inside lists/tuples of them, named by their dotted path
 ("transformer.h.0.attn.c_attn.weight"). Attributes whose names begin with "_"
 are private and never discovered (keep caches and constants there). Attributes
-named by `register_buffer` are buffers: state (in state_dict, moved by .to(device))
-that is not a parameter.
+named by `register_buffer`, and Tensors that are not floating point (an index table,
+a mask), are buffers: state (in state_dict, moved by .to(device)) that is not a
+parameter, since it can have no gradient.
 """
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class Module:
         for prefix, module in self.named_modules():
             buffers = vars(module).get("_buffers", ())
             for name, value in module._children():
-                if isinstance(value, Tensor) and \
-                        (which == "all" or (which == "buffers") == (name in buffers)):
+                if isinstance(value, Tensor) and (which == "all" or (which == "buffers") == (
+                        name in buffers or not value.dtype.is_float)):
                     yield (f"{prefix}.{name}" if prefix else name), value
 
     def _unique(self, which: str) -> Iterator[tuple]:
