@@ -122,7 +122,8 @@ def install_fake_pycuda():
     drv.function_attribute = types.SimpleNamespace(MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
                                                    NUM_REGS=4, SHARED_SIZE_BYTES=1)
     drv.memcpy_htod_async = drv.memcpy_dtoh_async = drv.memcpy_dtod_async = nop
-    drv.memset_d8_async = nop
+    drv.memset_d8_async = drv.memset_d8 = drv.memcpy_dtoh = nop
+    drv.mem_alloc = lambda n: _Alloc(0x20000)
     drv.mem_get_info = lambda: (0, 0)
     drv.module_from_buffer = lambda cubin: _Module()
     pvt = types.ModuleType("pycuda._pvt_struct")

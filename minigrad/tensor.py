@@ -804,6 +804,10 @@ class Tensor:
         keep = target != ignore_index
         safe_target = keep.where(target, 0)
         flat_index = Tensor.arange(target.shape[0], device=self.device) * n_classes + safe_target
+        # a target outside [0, C) would pick a neighbouring row's logit: send it past the end
+        # instead, so the gather reports it (an IndexError; on CUDA at the next sync)
+        outside = (safe_target < 0).where(True, safe_target >= n_classes)
+        flat_index = outside.where(logp.numel(), flat_index)
         picked = logp.reshape(-1)._take(flat_index, 0)
         return -(picked * keep.cast(picked.dtype)).sum() / keep.sum().cast(picked.dtype)
 

@@ -567,6 +567,37 @@ def test_softmax_log_softmax(device, axis, rng):
     close(Tensor(x + 1000, device=device).softmax(axis), np.exp(ref), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [5, 7, -1, -5], ids=str)
+def test_cross_entropy_target_out_of_range_raises(device, bad, rng):
+    # [2, 5] logits: a target of 5 used to read the next row's class 0 and -1 the previous
+    # row's last class (a wrong loss, silently); now the gather reports it (on CUDA at the
+    # next synchronize: here .numpy())
+    logits = Tensor(rng.standard_normal((2, 5)).astype(np.float32), device=device)
+    loss = logits.cross_entropy(Tensor([0, bad], device=device))
+    with pytest.raises(IndexError, match="cross_entropy target outside"):
+        loss.numpy()
+    # the error is reported once: the next (valid) computation runs normally
+    good = logits.cross_entropy(Tensor([0, -100], device=device)).numpy()
+    ref = -_np_log_softmax(logits.numpy().astype(np.float64), -1)[0, 0]
+    np.testing.assert_allclose(good, ref, rtol=1e-5)
+
+
+def test_index_tensor_and_embedding_out_of_range_raise(device):
+    x = Tensor(np.arange(6, dtype=np.float32), device=device)
+    with pytest.raises(IndexError, match="out of range"):
+        x[Tensor([2, 6], device=device)].numpy()
+    emb = mg.nn.Embedding(4, 3).to(device)
+    out = emb(Tensor([[1, 4]], device=device))
+    with pytest.raises(IndexError, match="out of range"):
+        out.numpy()
+    # the backward's scatter reports a bad index too (x requires grad: gather, then scatter)
+    w = Tensor(np.ones((4, 2), np.float32), device=device, requires_grad=True)
+    with pytest.raises(IndexError, match="out of range"):
+        w[Tensor([0, 9], device=device)].sum().backward()
+        w.grad.numpy()
+    np.testing.assert_array_equal(x[Tensor([-1, 0], device=device)].numpy(), [5.0, 0.0])
+
+
 @pytest.mark.parametrize("shape", [(6, 5), (2, 3, 4)], ids=str)
 def test_cross_entropy_matches_numpy(device, shape, rng):
     x = rng.standard_normal(shape).astype(np.float32)

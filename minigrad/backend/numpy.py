@@ -18,6 +18,16 @@ def _f32(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) if x.dtype in _LOW_FLOATS else x
 
 
+def _check_index(idx: np.ndarray, n: int):
+    """gather / scatter_add: every index in [-n, n) (the CUDA kernels flag the same)."""
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        bad = idx[(idx < -n) | (idx >= n)]
+        raise IndexError(
+            f"index {bad.flat[0]} is out of range for an axis of size {n} ({bad.size} such): "
+            f"x[idx] or weight[idx] (an Embedding) with an index >= the axis size, or a "
+            f"cross_entropy target outside [0, classes) that is not ignore_index")
+
+
 def _sigmoid(x):
     # exp of a negative number only: no overflow warnings for large |x|
     e = np.exp(-np.abs(x))
@@ -151,9 +161,11 @@ class NumpyBackend:
         return np.concatenate(xs, axis=axis)
 
     def gather(self, axis, x, idx):
+        _check_index(idx, x.shape[axis])
         return np.take(x, idx, axis=axis)
 
     def scatter_add(self, axis, size, src, idx):
+        _check_index(idx, size)
         shape = src.shape[:axis] + (size,) + src.shape[axis + idx.ndim:]
         out = np.zeros(shape, dtype=np.float32 if src.dtype in _LOW_FLOATS else src.dtype)
         # move the indexed axis to the front so np.add.at sees (idx..., rest...)

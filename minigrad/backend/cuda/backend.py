@@ -445,7 +445,8 @@ class CudaBackend:
         if n:
             fn = cg.gather(x.dtype, idx.dtype)
             runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
-                           [out.ptr, x.ptr, idx.ptr, n, idx.size, Q, A])
+                           [out.ptr, x.ptr, idx.ptr, n, idx.size, Q, A, runtime.index_flag])
+            runtime.index_checked()
         return out
 
     def scatter_add(self, axis, size, src, idx):
@@ -460,7 +461,9 @@ class CudaBackend:
             Q = math.prod(src.shape[axis + idx.ndim:])
             fn = cg.scatter_add(src.dtype, idx.dtype)
             runtime.launch(fn, min(-(-n // _BLOCK), 1 << 20), _BLOCK,
-                           [acc.ptr, src.ptr, idx.ptr, n, idx.size, Q, size])
+                           [acc.ptr, src.ptr, idx.ptr, n, idx.size, Q, size,
+                            runtime.index_flag])
+            runtime.index_checked()
         return acc if acc_dt is src.dtype else self._new(shape, src.dtype, "a0", [acc])
 
     # -- the twelve ops -----------------------------------------------------------

@@ -486,31 +486,35 @@ _GATHER_LOOP = """\
        i += (long long)gridDim.x * blockDim.x) {
     long long q = i % Q, t = i / Q, j = t % J, p = t / J, k = (long long)idx[j];
     k = k < 0 ? k + A : k;
-    k = k < 0 ? 0 : (k >= A ? A - 1 : k);"""
+    if (k < 0 || k >= A) {                 // a bad index: flag it (the host raises), stay in bounds
+      atomicOr(err, 1u);
+      k = k < 0 ? 0 : A - 1;
+    }"""
 
 
 def gather(x_dt: DType, idx_dt: DType):
-    """out[p, j, q] = x[p, idx[j], q] (x, idx dense; negative idx from the end,
-    clamped into range). Args: out, x, idx, n, J, Q, A."""
+    """out[p, j, q] = x[p, idx[j], q] (x, idx dense; negative idx from the end; an index
+    out of range sets *err, see runtime.index_flag). Args: out, x, idx, n, J, Q, A, err."""
     key = ("gather", x_dt.name, idx_dt.name)
 
     def make():
         fname = _name("gather", key)
         src = _headers_for([x_dt]) + f"""
 extern "C" __global__ void {fname}({ctype(x_dt)}* __restrict__ out, const {ctype(x_dt)}* __restrict__ x,
-    const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A) {{
+    const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A,
+    unsigned int* __restrict__ err) {{
 {_GATHER_LOOP}
     out[i] = x[(p * A + k) * Q + q];
   }}
 }}
 """
-        return src, fname, "PPP" + "qqqq"
+        return src, fname, "PPP" + "qqqq" + "P"
     return _build(key, make)
 
 
 def scatter_add(src_dt: DType, idx_dt: DType):
     """acc[p, idx[j], q] += src[p, j, q], atomically; acc is float (float inputs)
-    or 64-bit integer. Args: acc, src, idx, n, J, Q, A."""
+    or 64-bit integer; a bad index sets *err as gather's. Args: acc, src, idx, n, J, Q, A, err."""
     key = ("scatter", src_dt.name, idx_dt.name)
 
     def make():
@@ -520,7 +524,8 @@ def scatter_add(src_dt: DType, idx_dt: DType):
         add = "atomicAdd(acc + o, v);" if fl else "atomicAdd(acc + o, (unsigned long long)v);"
         src = _headers_for([src_dt]) + f"""
 extern "C" __global__ void {fname}({acc_t}* __restrict__ acc, const {ctype(src_dt)}* __restrict__ src,
-    const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A) {{
+    const {ctype(idx_dt)}* __restrict__ idx, long long n, long long J, long long Q, long long A,
+    unsigned int* __restrict__ err) {{
 {_GATHER_LOOP}
     long long o = (p * A + k) * Q + q;
     {ctype_compute(src_dt)} v = {load(src_dt, "src[i]")};
@@ -528,7 +533,7 @@ extern "C" __global__ void {fname}({acc_t}* __restrict__ acc, const {ctype(src_d
   }}
 }}
 """
-        return src, fname, "PPP" + "qqqq"
+        return src, fname, "PPP" + "qqqq" + "P"
     return _build(key, make)
 
 

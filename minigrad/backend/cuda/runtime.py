@@ -17,7 +17,13 @@ independent, and each alone leaves SMs idle in its last wave.)
     alloc(nbytes) -> allocation   htod(ptr, array)   dtoh(array, ptr)   memset(ptr, byte, n)
     load_module(cubin) / get_function(module, name)
     launch(function, grid, block, args, shared_mem=0, side=False)   fork()   join()
-    synchronize()   memory_stats()   free_cached()
+    synchronize()   memory_stats()   free_cached()   index_flag / index_checked()
+
+Index errors: a kernel cannot raise. Gather and scatter kernels (x[idx], embedding
+lookups, cross_entropy's targets) that meet an index out of range stay in bounds and set
+the word at `index_flag`; their launcher calls `index_checked()`, and the next
+synchronize() or dtoh() reads the word and raises IndexError. Late, as any CUDA error is,
+but never a silent wrong answer.
 
 DEBUG>=3 prints one line per launch with its time (synchronizing after it).
 
@@ -65,6 +71,9 @@ _sm_limits = tuple(device.get_attribute(getattr(drv.device_attribute, a)) for a 
 max_shared_per_block = device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
 _peak = 0
 _n_allocs = 0
+_index_word = drv.mem_alloc(4)      # set by gather/scatter kernels on a bad index (below)
+index_flag = int(_index_word)
+drv.memset_d8(index_flag, 0, 4)
 _FAST = hasattr(drv.Function, "_launch_kernel")
 capture = None          # the mg.jit recording in progress (an object with .entries, .held)
 
@@ -164,6 +173,7 @@ def dtoh(out: np.ndarray, src_ptr: int) -> np.ndarray:
         assert out.flags.c_contiguous
         drv.memcpy_dtoh_async(_bytes_view(out), src_ptr, stream)
         stream.synchronize()
+    _raise_index_error()
     return out
 
 
@@ -183,6 +193,33 @@ def memset(ptr: int, byte: int, nbytes: int):
 
 def synchronize():
     stream.synchronize()
+    _raise_index_error()
+
+
+# -- index errors (see the module docstring) ------------------------------------
+_index_pending = False      # a kernel that may set the flag ran since the last look
+
+
+def index_checked():
+    global _index_pending
+    _index_pending = True
+
+
+def _raise_index_error():
+    """After a stream synchronize: raise if a gather/scatter kernel met a bad index."""
+    global _index_pending
+    if not _index_pending:
+        return
+    _index_pending = False
+    word = np.zeros(1, np.uint32)
+    drv.memcpy_dtoh(word, index_flag)
+    if word[0]:
+        drv.memset_d8(index_flag, 0, 4)
+        raise IndexError(
+            "an integer index was out of range on the GPU: x[idx] or weight[idx] (an "
+            "Embedding) with an index >= the axis size, or a cross_entropy target outside "
+            "[0, classes) that is not ignore_index. What was computed from it is not valid; "
+            "the same code on device='cpu' names the op")
 
 
 # -- modules and launches ----------------------------------------------------
@@ -290,6 +327,7 @@ _LAUNCH, _HTOD, _DTOD, _MEMSET, _FORK, _JOIN = range(6)
 
 def replay(entries):
     """Queue a capture's entries again, in order (see the module docstring)."""
+    index_checked()         # (the record may hold gather kernels: look at the next sync)
     for e in entries:
         kind = e[0]
         if kind == _LAUNCH:
