@@ -276,6 +276,7 @@ class Tensor:
         out = self if dtype is None else self.cast(dtype)
         if device is None or device == out.device:
             return out
+        get_backend(device)         # an unusable device fails here, when built, saying why
         return _Transfer.apply(out, device)
 
     def cast(self, dtype) -> "Tensor":
@@ -364,7 +365,10 @@ class Tensor:
     def __rmul__(self, o): return self._binary(F.Mul, o, "mul", True)
     def __truediv__(self, o): return self._binary(F.Div, o, "div", float_only=True)
     def __rtruediv__(self, o): return self._binary(F.Div, o, "div", True, float_only=True)
-    def __neg__(self): return F.Neg.apply(self)
+    def __neg__(self):
+        if self.dtype is bool_:
+            raise TypeError("neg: '-' on a bool tensor is not supported; use ~t (logical not)")
+        return F.Neg.apply(self)
     def __matmul__(self, o): return self.matmul(o)
     def __rmatmul__(self, o): return Tensor(o, device=self.device).matmul(self)
     def __lt__(self, o): return self._compare(o, "lt")

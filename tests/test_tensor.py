@@ -1233,6 +1233,19 @@ def test_error_dtypes(device, spy):
         Tensor([1.0], dtype="complex64", device=device)
     with pytest.raises(TypeError):
         Tensor(np.array(["a", "b"]), device=device)
+    with _raises_at_build(spy, TypeError, "neg", "bool"):
+        -Tensor([True, False], device=device)
+
+
+def test_error_unusable_device_at_build(monkeypatch):
+    # .to() of a device whose backend cannot start fails when built, not when run
+    from minigrad import device as dev
+    monkeypatch.setitem(dev._backends, "cuda", None)
+    monkeypatch.setattr(dev, "_load_cuda", lambda: (_ for _ in ()).throw(
+        RuntimeError("device 'cuda' is unusable here (stand-in)")))
+    x = Tensor([1.0], device="cpu")
+    with pytest.raises(RuntimeError, match="unusable"):
+        x.to("cuda")
 
 
 # ====================================================================== autograd ==
