@@ -135,11 +135,12 @@ def _check_int4_weight(op, name, packed, scales, k, group_size, n=None):
     _tensor(op, f"scales of {name}", scales, float16, 2)
     n = packed.shape[0] if n is None else n
     if packed.shape != (n, k // 8):
-        raise ValueError(f"{op}: {name} must be uint32 [N, K//8] = [{n}, {k // 8}], got "
-                         f"{packed.shape}")
+        raise ValueError(f"{op}: {name} must be uint32 [N, K//8] = [{n}, {k // 8}] (K = {k}, "
+                         f"the activations' last dim), got {packed.shape}")
     if scales.shape != (k // group_size, n):
         raise ValueError(f"{op}: scales of {name} must be float16 [K//group_size, N] = "
-                         f"[{k // group_size}, {n}], got {scales.shape}")
+                         f"[{k // group_size}, {n}] (K = {k}, the activations' last dim), "
+                         f"got {scales.shape}")
     return n
 
 
@@ -256,9 +257,16 @@ def qkv_project_int4(x, wq_packed, wk_packed, wv_packed, sq, sk, sv, group_size=
 
 
 # ------------------------------------------------------------- attention family --
+def _nonempty(op, q, k, v):
+    if 0 in q.shape + k.shape + v.shape:
+        raise ValueError(f"{op}: q, k, v need every dim >= 1 (attention over no keys, or of "
+                         f"head dim 0, is undefined), got {q.shape}, {k.shape}, {v.shape}")
+
+
 def _check_tc_attention(op, q, k, v):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _tensor(op, name, t, float16, 2)
+    _nonempty(op, q, k, v)
     if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
         raise ValueError(f"{op}: q, k, v need the same leading dims, got {q.shape}, "
                          f"{k.shape}, {v.shape}")
@@ -317,6 +325,7 @@ def _check_flash(op, q, k, v):
     if not q.shape == k.shape == v.shape:
         raise ValueError(f"{op}: q, k, v must have the same shape [..., S, D], got "
                          f"{q.shape}, {k.shape}, {v.shape}")
+    _nonempty(op, q, k, v)
     if q.shape[-1] > MAX_FLASH_D:
         raise ValueError(f"{op}: head dim D={q.shape[-1]} is larger than {MAX_FLASH_D}")
     _same_device(op, q=q, k=k, v=v)

@@ -467,6 +467,15 @@ def test_bad_input(device):
         mg.ops.attention_tc_causal(f(4, 8).half(), f(5, 8).half(), f(6, 8).half())
     with pytest.raises(TypeError, match=r"attention_tc: v must be float16, got float32"):
         mg.ops.attention_tc(f(4, 8).half(), f(5, 8).half(), f(5, 8))
+    # empty inputs: a clear error, not a NumPy reduction error (CPU) or an unwritten output
+    for op, h in ((mg.ops.attention_tc, True), (mg.ops.attention_flash_causal, False)):
+        for shapes in (((4, 8), (0, 8), (0, 8)), ((4, 0), (4, 0), (4, 0)),
+                       ((0, 4, 8), (0, 4, 8), (0, 4, 8))):
+            if not h and len({s for s in shapes}) > 1:
+                continue
+            x = [f(*s).half() if h else f(*s) for s in shapes]
+            with pytest.raises(ValueError, match=r"q, k, v need every dim >= 1"):
+                op(*x)
 
 
 # ------------------------------------------------------------- attention dropout --

@@ -559,14 +559,16 @@ def test_bad_input_errors(device):
         mg.quant.quantize_int4(np.zeros((64, 8), f32), group_size=48)
     # scales of the wrong shape, and of the wrong dtype
     with pytest.raises(ValueError, match=r"matmul_int4: scales of b_packed must be float16 "
-                                         r"\[K//group_size, N\] = \[2, 8\], got \(8, 2\)"):
+                                         r"\[K//group_size, N\] = \[2, 8\] \(K = 64, the activations' "
+                                         r"last dim\), got \(8, 2\)"):
         mg.ops.matmul_int4(x16, packed, T(np.zeros((8, 2), f16)), group_size=32)
     with pytest.raises(TypeError, match="matmul_int4: scales of b_packed must be float16, "
                                         "got float32"):
         mg.ops.matmul_int4(x16, packed, T(np.zeros((2, 8), f32)), group_size=32)
     # packed weight of the wrong shape (K//8 = 8 words per row needed) and dtype
     with pytest.raises(ValueError, match=r"matmul_int4: b_packed must be uint32 \[N, K//8\] "
-                                         r"= \[8, 8\], got \(8, 4\)"):
+                                         r"= \[8, 8\] \(K = 64, the activations' last dim\), "
+                                         r"got \(8, 4\)"):
         mg.ops.matmul_int4(x16, T(np.zeros((8, 4), np.uint32)), sc, group_size=32)
     with pytest.raises(TypeError, match="matmul_int4: b_packed must be uint32, got int32"):
         mg.ops.matmul_int4(x16, T(np.zeros((8, 8), np.int32)), sc, group_size=32)
