@@ -469,7 +469,9 @@ class Tensor:
         the shape is the reduced one)."""
         return out if keepdim else F.Reshape.apply(out, self._reduced_shape(axes, False))
 
-    def sum(self, axis=None, keepdim=False, dtype=None) -> "Tensor":
+    def sum(self, axis=None, keepdim=False, dtype=None, *, dim=None) -> "Tensor":
+        if dim is not None:
+            axis = _dim_for_axis(axis, dim, "sum")
         axes = self._axes(axis, "sum")
         x = self.cast(dtype) if dtype is not None else \
             self.cast(int64) if not self.dtype.is_float else self
@@ -482,17 +484,26 @@ class Tensor:
         return self._squeeze_reduced(F.Max.apply(self, axes, op), axes, keepdim) if axes \
             else self
 
-    def max(self, axis=None, keepdim=False): return self._minmax(axis, keepdim, "max")
-    def min(self, axis=None, keepdim=False): return self._minmax(axis, keepdim, "min")
+    def max(self, axis=None, keepdim=False, *, dim=None):
+        return self._minmax(_dim_for_axis(axis, dim, "max"), keepdim, "max")
 
-    def mean(self, axis=None, keepdim=False) -> "Tensor":
+    def min(self, axis=None, keepdim=False, *, dim=None):
+        return self._minmax(_dim_for_axis(axis, dim, "min"), keepdim, "min")
+
+    def mean(self, axis=None, keepdim=False, *, dim=None) -> "Tensor":
+        if dim is not None:
+            axis = _dim_for_axis(axis, dim, "mean")
         axes = self._axes(axis, "mean")
         n = math.prod(self.shape[a] for a in axes)
         x = self if self.dtype.is_float else self.float()
         return x.sum(axis, keepdim) * (1 / n if n else math.nan)
 
-    def var(self, axis=None, keepdim=False, correction=1) -> "Tensor":
-        """Variance; `correction=1` (the default, as in PyTorch) divides by n - 1."""
+    def var(self, axis=None, keepdim=False, correction=1, *, dim=None, unbiased=None) -> "Tensor":
+        """Variance; `correction=1` (the default, as in PyTorch) divides by n - 1
+        (`unbiased=False`, PyTorch's older spelling, is correction=0)."""
+        axis = _dim_for_axis(axis, dim, "var")
+        if unbiased is not None:
+            correction = int(bool(unbiased))
         axes = self._axes(axis, "var")
         n = math.prod(self.shape[a] for a in axes)
         x = self if self.dtype.is_float else self.float()
@@ -500,17 +511,19 @@ class Tensor:
         return (dev * dev).sum(axes, keepdim) * (1 / max(n - correction, 0) if n > correction
                                                   else math.nan)
 
-    def std(self, axis=None, keepdim=False, correction=1):
-        return self.var(axis, keepdim, correction).sqrt()
+    def std(self, axis=None, keepdim=False, correction=1, *, dim=None, unbiased=None):
+        return self.var(axis, keepdim, correction, dim=dim, unbiased=unbiased).sqrt()
 
-    def argmax(self, axis=None, keepdim=False) -> "Tensor":
+    def argmax(self, axis=None, keepdim=False, *, dim=None) -> "Tensor":
+        axis = _dim_for_axis(axis, dim, "argmax")
         if axis is None:
             return self.flatten().argmax(0)
         (a,) = self._axes(axis, "argmax")
         out = F._node("argmax", (a,), [self], self._reduced_shape((a,), True), dtype=int64)
         return self._squeeze_reduced(out, (a,), keepdim)
 
-    def argmin(self, axis=None, keepdim=False):
+    def argmin(self, axis=None, keepdim=False, *, dim=None):
+        axis = _dim_for_axis(axis, dim, "argmin")
         return (-self if self.dtype.is_float else -(self.cast(int64))).argmax(axis, keepdim)
 
     # -------------------------------------------------------------- shapes --
@@ -574,7 +587,9 @@ class Tensor:
             return self
         return F.Expand.apply(self, shape)       # (new leading dims too: one node)
 
-    def flatten(self, start=0, end=-1) -> "Tensor":
+    def flatten(self, start=0, end=-1, *, start_dim=None, end_dim=None) -> "Tensor":
+        start = _dim_for_axis(start, start_dim, "flatten", 0)
+        end = _dim_for_axis(end, end_dim, "flatten", -1)
         if self.ndim == 0:
             return self.reshape(1)
         s, e = start % self.ndim, end % self.ndim
@@ -784,11 +799,13 @@ class Tensor:
                               b._broadcast_to(batch + b.shape[-2:]))
 
     # ---------------------------------------------------------- nn funcs --
-    def softmax(self, axis=-1) -> "Tensor":
+    def softmax(self, axis=-1, *, dim=None) -> "Tensor":
+        axis = _dim_for_axis(axis, dim, "softmax", -1)
         e = (self - self.max(axis, keepdim=True).detach()).exp()
         return e / e.sum(axis, keepdim=True)
 
-    def log_softmax(self, axis=-1) -> "Tensor":
+    def log_softmax(self, axis=-1, *, dim=None) -> "Tensor":
+        axis = _dim_for_axis(axis, dim, "log_softmax", -1)
         shifted = self - self.max(axis, keepdim=True).detach()
         return shifted - shifted.exp().sum(axis, keepdim=True).log()
 
@@ -880,6 +897,15 @@ def _result_shape(shrunk_shape, index, is_array) -> tuple:
         else:
             next(it)
     return tuple(out)
+
+
+def _dim_for_axis(axis, dim, name, default=None):
+    """`axis`, or `dim` (PyTorch's name for it) when that is given instead."""
+    if dim is None:
+        return axis
+    if axis != default:
+        raise TypeError(f"{name}: got both axis={axis!r} and dim={dim!r}; give one")
+    return dim
 
 
 def _tensor_list(tensors, name) -> list:

@@ -567,6 +567,25 @@ def test_softmax_log_softmax(device, axis, rng):
     close(Tensor(x + 1000, device=device).softmax(axis), np.exp(ref), rtol=1e-4, atol=1e-6)
 
 
+def test_pytorch_dim_keywords(device, rng):
+    # PyTorch spells the axis `dim` (and flatten's `start_dim` / `end_dim`, var's `unbiased`)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    t = Tensor(x, device=device)
+    close(t.sum(dim=1), x.sum(1), rtol=1e-5)
+    close(t.mean(dim=(0, 2), keepdim=True), x.mean((0, 2), keepdims=True), rtol=1e-5)
+    close(t.max(dim=-1), x.max(-1))
+    close(t.min(dim=0), x.min(0))
+    close(t.var(dim=2, unbiased=False), x.var(2), rtol=1e-4)
+    close(t.std(dim=2), x.std(2, ddof=1), rtol=1e-4)
+    assert t.argmax(dim=1).tolist() == x.argmax(1).tolist()
+    assert t.argmin(dim=2).tolist() == x.argmin(2).tolist()
+    close(t.softmax(dim=0), np.exp(_np_log_softmax(x.astype(np.float64), 0)), rtol=1e-5)
+    close(t.log_softmax(dim=1), _np_log_softmax(x.astype(np.float64), 1), rtol=1e-5)
+    assert t.flatten(start_dim=1).shape == (3, 20) and t.flatten(end_dim=1).shape == (12, 5)
+    with pytest.raises(TypeError, match="sum: got both axis=0 and dim=1"):
+        t.sum(0, dim=1)
+
+
 @pytest.mark.parametrize("bad", [5, 7, -1, -5], ids=str)
 def test_cross_entropy_target_out_of_range_raises(device, bad, rng):
     # [2, 5] logits: a target of 5 used to read the next row's class 0 and -1 the previous
