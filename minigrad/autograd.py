@@ -139,6 +139,10 @@ def _undoes_cast(parent, dtype) -> bool:
 def backward(tensor, gradient, retain_graph: bool = False) -> None:
     from .tensor import Tensor
     root = tensor._ctx
+    if root is None and tensor.requires_grad:      # a leaf: its gradient is the seed itself
+        g = gradient.cast(tensor.dtype)
+        tensor.grad = g if tensor.grad is None else tensor.grad + g
+        return
     if root is None:
         raise RuntimeError("backward: this tensor was not produced by an op that "
                            "needs gradients (does any input have requires_grad=True?)")

@@ -375,8 +375,9 @@ class Tensor:
     def __le__(self, o): return self._compare(o, "le")
     def __gt__(self, o): return self._compare(o, "gt")
     def __ge__(self, o): return self._compare(o, "ge")
-    def __eq__(self, o): return self._compare(o, "eq")   # type: ignore[override]
-    def __ne__(self, o): return self._compare(o, "ne")   # type: ignore[override]
+    # (None is no operand: `t == None` is False and `t != None` True, as in PyTorch)
+    def __eq__(self, o): return NotImplemented if o is None else self._compare(o, "eq")
+    def __ne__(self, o): return NotImplemented if o is None else self._compare(o, "ne")
     def __invert__(self): return F._node("unary", ("not",), [self.cast(bool_)])
 
     def __pow__(self, o):

@@ -1308,6 +1308,20 @@ def test_no_grad_decorator_recursive_call_restores_grad_mode(device):
     assert mg.autograd.is_grad_enabled() and (x * 2).requires_grad
 
 
+def test_compare_with_none_is_identity(device):
+    t = Tensor([1.0], device=device)
+    assert (t == None) is False and (t != None) is True      # noqa: E711 (the point)
+
+
+def test_backward_of_a_leaf_seeds_its_grad(device):
+    x = Tensor(2.0, requires_grad=True, device=device)     # as in PyTorch: x.grad = 1
+    x.backward()
+    x.backward(Tensor(3.0, device=device))
+    assert x.grad.item() == 4.0
+    with pytest.raises(RuntimeError, match="not produced by an op that needs gradients"):
+        Tensor(2.0, device=device).backward()
+
+
 def test_no_grad_restored_after_exception(device):
     x = Tensor([1.0], requires_grad=True, device=device)
     with pytest.raises(ZeroDivisionError):
