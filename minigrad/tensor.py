@@ -356,6 +356,14 @@ class Tensor:
         a, b = self._pair(other, op)
         return F._node("binary", (op,), [a, b], dtype=bool_)
 
+    def _bitwise(self, other, op, reverse=False):
+        """&, |, ^ of bool (logical) or integer (bitwise) tensors; no gradient."""
+        a, b = self._pair(other, op)
+        if a.dtype.is_float:
+            sym = {"and": "&", "or": "|", "xor": "^"}[op]
+            raise TypeError(f"'{sym}' needs bool or integer tensors, got {a.dtype.name}")
+        return F._node("binary", (op,), [b, a] if reverse else [a, b])
+
     # ---------------------------------------------------------- arithmetic --
     def __add__(self, o): return self._binary(F.Add, o, "add")
     def __radd__(self, o): return self._binary(F.Add, o, "add", True)
@@ -378,6 +386,12 @@ class Tensor:
     # (None is no operand: `t == None` is False and `t != None` True, as in PyTorch)
     def __eq__(self, o): return NotImplemented if o is None else self._compare(o, "eq")
     def __ne__(self, o): return NotImplemented if o is None else self._compare(o, "ne")
+    def __and__(self, o): return self._bitwise(o, "and")
+    def __rand__(self, o): return self._bitwise(o, "and", True)
+    def __or__(self, o): return self._bitwise(o, "or")
+    def __ror__(self, o): return self._bitwise(o, "or", True)
+    def __xor__(self, o): return self._bitwise(o, "xor")
+    def __rxor__(self, o): return self._bitwise(o, "xor", True)
     def __invert__(self): return F._node("unary", ("not",), [self.cast(bool_)])
 
     def __pow__(self, o):

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from minigrad.backend import BINARY_OPS, COMPARISONS, REDUCE_OPS, UNARY_OPS
+from minigrad.backend import BINARY_OPS, BITWISE_OPS, COMPARISONS, REDUCE_OPS, UNARY_OPS
 from minigrad.backend.cuda import codegen as cg
 from minigrad.backend.cuda import compiler
 from minigrad.dtype import ALL
@@ -65,7 +65,9 @@ def _generated():
         cg.elementwise(cg.unary_expr(op, i32), i32, [i32], (), 1, False)
     cg.elementwise(cg.unary_expr("exp", bf16), bf16, [bf16], (), 3, True)
     for op in BINARY_OPS:
-        for d in (f32, i64):
+        for d in (f32, i64, b):
+            if (d is f32 and op in BITWISE_OPS) or (d is b and op not in BITWISE_OPS):
+                continue                # &, |, ^ take integers and bools (bools: only those)
             cg.elementwise(cg.binary_expr(op, d), b if op in COMPARISONS else d, [d, d], (),
                            3, d is i64)
     cg.elementwise(cg.binary_expr("pow", f16), f16, [f16, f16], (), 2, False)

@@ -567,6 +567,21 @@ def test_softmax_log_softmax(device, axis, rng):
     close(Tensor(x + 1000, device=device).softmax(axis), np.exp(ref), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.bool_, np.int32, np.int64, np.int8], ids=str)
+def test_bitwise_and_or_xor(device, dtype, rng):
+    a = rng.integers(-50, 50, (3, 5)).astype(dtype)
+    b = rng.integers(-50, 50, (5,)).astype(dtype)               # broadcast
+    ta, tb = Tensor(a, device=device), Tensor(b, device=device)
+    c6, c3 = (True, False) if dtype is np.bool_ else (6, 3)    # scalars keep the dtype
+    for got, ref in (((ta & tb), a & b), ((ta | tb), a | b), ((ta ^ tb), a ^ b),
+                     ((ta & c6), a & dtype(c6)), ((c3 | ta), dtype(c3) | a),
+                     (((ta ^ tb) & (ta | tb)), (a ^ b) & (a | b))):       # fused too
+        assert got.dtype.np == ref.dtype
+        np.testing.assert_array_equal(got.numpy(), ref)
+    with pytest.raises(TypeError, match="'&' needs bool or integer tensors, got float32"):
+        Tensor([1.0], device=device) & 1
+
+
 def test_pytorch_dim_keywords(device, rng):
     # PyTorch spells the axis `dim` (and flatten's `start_dim` / `end_dim`, var's `unbiased`)
     x = rng.standard_normal((3, 4, 5)).astype(np.float32)

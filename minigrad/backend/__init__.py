@@ -38,7 +38,9 @@ uses `np.ndarray`, the CUDA backend a device allocation with shape and strides).
 UNARY_OPS = ("neg", "exp", "log", "sqrt", "recip", "sin", "cos", "tanh", "sigmoid",
              "abs", "sign", "not")
 BINARY_OPS = ("add", "sub", "mul", "div", "pow", "maximum", "minimum",
-              "lt", "le", "gt", "ge", "eq", "ne")
+              "lt", "le", "gt", "ge", "eq", "ne",
+              "and", "or", "xor")
+BITWISE_OPS = ("and", "or", "xor")          # bool and integer dtypes only
 COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 REDUCE_OPS = ("sum", "max", "min")
 

@@ -44,6 +44,7 @@ _BINARY = {
     "maximum": np.maximum, "minimum": np.minimum,
     "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
     "eq": np.equal, "ne": np.not_equal,
+    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
 }
 _REDUCE = {"sum": np.sum, "max": np.max, "min": np.min}
 

@@ -157,7 +157,8 @@ def binary_expr(op: str, dt: DType) -> str:
             "pow": "powf(a0, a1)" if fl else "mg_pow(a0, a1)",
             "maximum": "mg_max(a0, a1)", "minimum": "mg_min(a0, a1)",
             "lt": "a0 < a1", "le": "a0 <= a1", "gt": "a0 > a1", "ge": "a0 >= a1",
-            "eq": "a0 == a1", "ne": "a0 != a1"}[op]
+            "eq": "a0 == a1", "ne": "a0 != a1",
+            "and": "a0 & a1", "or": "a0 | a1", "xor": "a0 ^ a1"}[op]
 
 
 @functools.lru_cache(None)
