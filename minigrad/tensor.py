@@ -323,6 +323,8 @@ class Tensor:
     def _pair(self, other, name) -> tuple:
         """Both operands as tensors of one dtype and one (broadcast) shape."""
         if not isinstance(other, Tensor):
+            if isinstance(other, np.generic) and other.dtype.kind in "biuf":
+                other = other.item()        # a NumPy scalar counts as a Python one (PyTorch)
             if isinstance(other, (int, float, bool)):     # fast path: no broadcasting
                 dtype = self._scalar_dtype(other)
                 a = self if dtype is self.lazydata.dtype else self.cast(dtype)

@@ -743,6 +743,14 @@ def test_promotion_tensor_tensor(device, a, b, expected):
         assert out.dtype == expected
 
 
+def test_numpy_scalars_count_as_python_scalars(device):
+    h = Tensor([1.0, 2.0], dtype=mg.float16, device=device)
+    assert (h * np.float32(2)).dtype == mg.float16 and (np.float32(2) * h).dtype == mg.float16
+    i = Tensor([1, 2], dtype=mg.int32, device=device)
+    assert (i + np.int64(3)).dtype == mg.int32 and (i + np.int64(3)).tolist() == [4, 5]
+    assert (i * np.float32(0.5)).dtype == mg.float32
+
+
 def test_promotion_with_python_scalars(device):
     f16 = T([1.5, 2.0], mg.float16, device)
     bf16 = T([1.5, 2.0], mg.bfloat16, device)
