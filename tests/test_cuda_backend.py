@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad.backend import BINARY_OPS
+from minigrad.backend import BINARY_OPS, BITWISE_OPS
 from minigrad.backend.numpy import NumpyBackend
 from minigrad.dtype import ALL
 
@@ -109,8 +109,14 @@ def test_unary_int(cb, rng, op, dt):
         check(cb, ref, cb.unary(op, xc))
 
 
-@pytest.mark.parametrize("dt", [F32, F16, BF16, I8, I32, I64, U32], ids=lambda d: d.name)
-@pytest.mark.parametrize("op", BINARY_OPS)
+def _binary_cases():
+    for op in BINARY_OPS:          # &, |, ^ take integers and bool; the rest numbers
+        for dt in (I8, I32, I64, U32, B) if op in BITWISE_OPS else \
+                (F32, F16, BF16, I8, I32, I64, U32):
+            yield op, dt
+
+
+@pytest.mark.parametrize("op,dt", list(_binary_cases()), ids=lambda x: getattr(x, "name", x))
 def test_binary(cb, rng, op, dt):
     for shape in [(1,), (7, 11), (2, 3, 4, 5), (100003,)]:
         a, b = rand(rng, shape, dt), rand(rng, shape, dt)
