@@ -39,6 +39,9 @@ def install_fake_pycuda():
         def __int__(self):
             return self.ptr
 
+        def free(self):
+            pass
+
         __index__ = __int__
 
     class _Pool:

@@ -358,13 +358,13 @@ class Tensor:
         a, b = self._pair(other, op)
         return F._node("binary", (op,), [a, b], dtype=bool_)
 
-    def _bitwise(self, other, op, reverse=False):
+    def _bitwise(self, other, op):
         """&, |, ^ of bool (logical) or integer (bitwise) tensors; no gradient."""
         a, b = self._pair(other, op)
         if a.dtype.is_float:
             sym = {"and": "&", "or": "|", "xor": "^"}[op]
             raise TypeError(f"'{sym}' needs bool or integer tensors, got {a.dtype.name}")
-        return F._node("binary", (op,), [b, a] if reverse else [a, b])
+        return F._node("binary", (op,), [a, b])
 
     # ---------------------------------------------------------- arithmetic --
     def __add__(self, o): return self._binary(F.Add, o, "add")
@@ -389,11 +389,9 @@ class Tensor:
     def __eq__(self, o): return NotImplemented if o is None else self._compare(o, "eq")
     def __ne__(self, o): return NotImplemented if o is None else self._compare(o, "ne")
     def __and__(self, o): return self._bitwise(o, "and")
-    def __rand__(self, o): return self._bitwise(o, "and", True)
     def __or__(self, o): return self._bitwise(o, "or")
-    def __ror__(self, o): return self._bitwise(o, "or", True)
     def __xor__(self, o): return self._bitwise(o, "xor")
-    def __rxor__(self, o): return self._bitwise(o, "xor", True)
+    __rand__, __ror__, __rxor__ = __and__, __or__, __xor__       # (they commute)
     def __invert__(self): return F._node("unary", ("not",), [self.cast(bool_)])
 
     def __pow__(self, o):
@@ -487,8 +485,7 @@ class Tensor:
         return out if keepdim else F.Reshape.apply(out, self._reduced_shape(axes, False))
 
     def sum(self, axis=None, keepdim=False, dtype=None, *, dim=None) -> "Tensor":
-        if dim is not None:
-            axis = _dim_for_axis(axis, dim, "sum")
+        axis = _dim_for_axis(axis, dim, "sum")
         axes = self._axes(axis, "sum")
         x = self.cast(dtype) if dtype is not None else \
             self.cast(int64) if not self.dtype.is_float else self
@@ -508,8 +505,7 @@ class Tensor:
         return self._minmax(_dim_for_axis(axis, dim, "min"), keepdim, "min")
 
     def mean(self, axis=None, keepdim=False, *, dim=None) -> "Tensor":
-        if dim is not None:
-            axis = _dim_for_axis(axis, dim, "mean")
+        axis = _dim_for_axis(axis, dim, "mean")
         axes = self._axes(axis, "mean")
         n = math.prod(self.shape[a] for a in axes)
         x = self if self.dtype.is_float else self.float()

@@ -90,6 +90,7 @@ def _finish_up():
     try:
         stream.synchronize()
         pool.stop_holding()
+        _index_word.free()
     except drv.Error:
         pass
     context.pop()
