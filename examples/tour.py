@@ -7,6 +7,7 @@
 2. laziness and DEBUG      5. the twelve kernel ops of mg.ops
 3. autograd                6. an nn module, and training it
 """
+import argparse
 import os
 import sys
 
@@ -16,6 +17,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import minigrad as mg  # noqa: E402
 from minigrad import Tensor  # noqa: E402
 from minigrad import lazy  # noqa: E402  (the graph and scheduler, for section 2)
+
+
+argparse.ArgumentParser(description=__doc__,          # (no options: --help prints this)
+                        formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 
 def section(title):

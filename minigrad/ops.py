@@ -108,7 +108,8 @@ matmul_tc_bf16_async = _matmul_op("matmul_tc_bf16_async", bfloat16)
 def _check_scale(op, name, scale):
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or \
             not math.isfinite(scale):
-        raise TypeError(f"{op}: {name} must be a finite Python float, got {scale!r}")
+        raise TypeError(f"{op}: {name} must be a finite real number (a Python or NumPy float or "
+                        f"int), got {scale!r}")
     return float(scale)
 
 
@@ -121,7 +122,7 @@ def matmul_int8(a, b, scale):
 
 
 def check_int4_group(op, k, group_size):
-    """The int4 group rule (OPS.md), shared by the ops and mg.quant's helpers."""
+    """The int4 group rule (docs/ops.md), shared by the ops and mg.quant's helpers."""
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"{op}: group_size must be one of {INT4_GROUP_SIZES}, got "
                          f"{group_size}")
@@ -380,7 +381,7 @@ class _FlashAttention(Function):
 def attention_flash(q, k, v, *, dropout_p=0.0, seed=None):
     """FlashAttention forward, f32 [..., S, D] (D <= 256), no O(S²) memory.
 
-    Optional attention dropout (an extension beyond OPS.md): with dropout_p > 0,
+    Optional attention dropout (an extension beyond the KAIO contract of docs/ops.md): with dropout_p > 0,
     out_i = sum_j P_ij M_ij/(1-p) v_j, P = softmax(scores) and the keep-mask M_ij a pure
     function of (seed, leading index, i, j) (Philox-4x32-7, 16-bit uniforms; the same
     mask in forward and backward, on the GPU and the CPU). seed=None draws one from

@@ -231,8 +231,9 @@ class AdamW(Optimizer):
     The scalars (1 - beta1, 1 - beta2, 1 - lr*wd, lr*sqrt(bc2)/bc1, eps*sqrt(bc2)) are
     computed in Python float64 and rounded once to float32; the elementwise math is
     float32 (for float16/bfloat16 parameters too, rounded to p's dtype once at the end).
-    `fused` (default: env MINIGRAD_FUSED_OPTIM, on): one `adamw` graph node per
-    parameter instead of the composed elementwise graph; same results, bit for bit."""
+    `fused` (default: env MINIGRAD_FUSED_OPTIM, on): one backend `adamw` call per
+    parameter (one kernel on CUDA; no graph node, see the module docstring) instead of
+    the composed elementwise graph; same results, bit for bit."""
     _moments = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,

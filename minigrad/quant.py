@@ -4,7 +4,7 @@ int8, per tensor:   s = max|w| / 127,  q = clip(round(w / s), -127, 127)
 int4, per (group of `group_size` rows of K, column n):
                     s = max|w| / 7,    q = clip(round(w / s), -8, 7)
 int4 packing: a [K, N] weight becomes uint32 [N, K//8]; word k//8 of row n holds
-k % 8 in bits 4*(k%8) .. 4*(k%8)+3 (two's complement nibbles, nibble 0 lowest).
+q[k, n] in bits 4*(k%8) .. 4*(k%8)+3 (two's complement nibbles, nibble 0 lowest).
 Rounding is NumPy's (half to even); every element satisfies |w - ŵ| <= s/2.
 Quantization runs on the host (it is done once per weight).
 """

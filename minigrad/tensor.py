@@ -485,7 +485,7 @@ class Tensor:
         return out if keepdim else F.Reshape.apply(out, self._reduced_shape(axes, False))
 
     def sum(self, axis=None, keepdim=False, dtype=None, *, dim=None) -> "Tensor":
-        axis = _dim_for_axis(axis, dim, "sum")
+        axis = _dim_arg(axis, dim, "sum")
         axes = self._axes(axis, "sum")
         x = self.cast(dtype) if dtype is not None else \
             self.cast(int64) if not self.dtype.is_float else self
@@ -499,13 +499,13 @@ class Tensor:
             else self
 
     def max(self, axis=None, keepdim=False, *, dim=None):
-        return self._minmax(_dim_for_axis(axis, dim, "max"), keepdim, "max")
+        return self._minmax(_dim_arg(axis, dim, "max"), keepdim, "max")
 
     def min(self, axis=None, keepdim=False, *, dim=None):
-        return self._minmax(_dim_for_axis(axis, dim, "min"), keepdim, "min")
+        return self._minmax(_dim_arg(axis, dim, "min"), keepdim, "min")
 
     def mean(self, axis=None, keepdim=False, *, dim=None) -> "Tensor":
-        axis = _dim_for_axis(axis, dim, "mean")
+        axis = _dim_arg(axis, dim, "mean")
         axes = self._axes(axis, "mean")
         n = math.prod(self.shape[a] for a in axes)
         x = self if self.dtype.is_float else self.float()
@@ -514,7 +514,7 @@ class Tensor:
     def var(self, axis=None, keepdim=False, correction=1, *, dim=None, unbiased=None) -> "Tensor":
         """Variance; `correction=1` (the default, as in PyTorch) divides by n - 1
         (`unbiased=False`, PyTorch's older spelling, is correction=0)."""
-        axis = _dim_for_axis(axis, dim, "var")
+        axis = _dim_arg(axis, dim, "var")
         if unbiased is not None:
             correction = int(bool(unbiased))
         axes = self._axes(axis, "var")
@@ -528,7 +528,7 @@ class Tensor:
         return self.var(axis, keepdim, correction, dim=dim, unbiased=unbiased).sqrt()
 
     def argmax(self, axis=None, keepdim=False, *, dim=None) -> "Tensor":
-        axis = _dim_for_axis(axis, dim, "argmax")
+        axis = _dim_arg(axis, dim, "argmax")
         if axis is None:
             return self.flatten().argmax(0)
         (a,) = self._axes(axis, "argmax")
@@ -536,7 +536,7 @@ class Tensor:
         return self._squeeze_reduced(out, (a,), keepdim)
 
     def argmin(self, axis=None, keepdim=False, *, dim=None):
-        axis = _dim_for_axis(axis, dim, "argmin")
+        axis = _dim_arg(axis, dim, "argmin")
         return (-self if self.dtype.is_float else -(self.cast(int64))).argmax(axis, keepdim)
 
     # -------------------------------------------------------------- shapes --
@@ -601,8 +601,8 @@ class Tensor:
         return F.Expand.apply(self, shape)       # (new leading dims too: one node)
 
     def flatten(self, start=0, end=-1, *, start_dim=None, end_dim=None) -> "Tensor":
-        start = _dim_for_axis(start, start_dim, "flatten", 0)
-        end = _dim_for_axis(end, end_dim, "flatten", -1)
+        start = _dim_arg(start, start_dim, "flatten", 0)
+        end = _dim_arg(end, end_dim, "flatten", -1)
         if self.ndim == 0:
             return self.reshape(1)
         s, e = start % self.ndim, end % self.ndim
@@ -813,12 +813,12 @@ class Tensor:
 
     # ---------------------------------------------------------- nn funcs --
     def softmax(self, axis=-1, *, dim=None) -> "Tensor":
-        axis = _dim_for_axis(axis, dim, "softmax", -1)
+        axis = _dim_arg(axis, dim, "softmax", -1)
         e = (self - self.max(axis, keepdim=True).detach()).exp()
         return e / e.sum(axis, keepdim=True)
 
     def log_softmax(self, axis=-1, *, dim=None) -> "Tensor":
-        axis = _dim_for_axis(axis, dim, "log_softmax", -1)
+        axis = _dim_arg(axis, dim, "log_softmax", -1)
         shifted = self - self.max(axis, keepdim=True).detach()
         return shifted - shifted.exp().sum(axis, keepdim=True).log()
 
@@ -889,14 +889,6 @@ def to_args(who, arg, device, dtype) -> tuple:
             None if dtype is None else to_dtype(dtype))
 
 
-def _dim_arg(d, dim, name, required=False):
-    """The axis of squeeze/unsqueeze, given as `d` (API.md's name) or `dim` (PyTorch's)."""
-    if d is not None and dim is not None:
-        raise TypeError(f"{name}: got both d={d} and dim={dim}; pass one")
-    d = dim if d is None else d
-    if required and d is None:
-        raise TypeError(f"{name}: missing the axis argument d (or dim)")
-    return d
 
 
 def _result_shape(shrunk_shape, index, is_array) -> tuple:
@@ -912,13 +904,16 @@ def _result_shape(shrunk_shape, index, is_array) -> tuple:
     return tuple(out)
 
 
-def _dim_for_axis(axis, dim, name, default=None):
-    """`axis`, or `dim` (PyTorch's name for it) when that is given instead."""
-    if dim is None:
-        return axis
-    if axis != default:
-        raise TypeError(f"{name}: got both axis={axis!r} and dim={dim!r}; give one")
-    return dim
+def _dim_arg(axis, dim, name, default=None, required=False):
+    """An axis given by minigrad's name for it (`axis`; squeeze's `d`, flatten's `start`)
+    or by PyTorch's (`dim`, `start_dim`): one of the two, else `default`."""
+    if dim is not None:
+        if axis != default:
+            raise TypeError(f"{name}: got both {axis!r} and dim={dim!r}; give one")
+        axis = dim
+    if required and axis is None:
+        raise TypeError(f"{name}: missing the axis argument (d or dim)")
+    return axis
 
 
 def _tensor_list(tensors, name) -> list:

@@ -1,6 +1,6 @@
 """NumPy references of the twelve kernel ops: the CPU implementation and the oracle
 the CUDA kernels are tested against. Each reproduces the rounding steps of
-../shared/OPS.md (f16/bf16 inputs widened exactly to f32, f32 sums, the casts the
+docs/ops.md (f16/bf16 inputs widened exactly to f32, f32 sums, the casts the
 kernels make), not just the math. Shapes were validated by `minigrad.ops`.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def attention_tc(q, k, v, causal=False):
     return np.matmul(p.astype(f16).astype(f32), v.astype(f32))
 
 
-# Attention dropout of the flash ops (an extension beyond OPS.md): P = softmax(S) as
+# Attention dropout of the flash ops (an extension beyond the KAIO contract of docs/ops.md): P = softmax(S) as
 # without dropout (L unchanged); keep-mask M_ij = u(seed, b, i, j) >= p with u a 16-bit
 # uniform from Philox-4x32-7 (the mirror of kernels/flash_attention.cu's philox7 and
 # keep_bits, bit-exact); out_i = sum_j P_ij M_ij/(1-p) v_j.  b indexes the flattened
@@ -157,7 +157,7 @@ def attention_flash(q, k, v, causal=False, dropout_p=0.0, seed=0):
 
 
 def attention_flash_backward(q, k, v, o, do, lse, causal=False, dropout_p=0.0, seed=0):
-    """The FlashAttention-2 backward formulas of OPS.md, returns (dq, dk, dv). With
+    """The FlashAttention-2 backward formulas of docs/ops.md, returns (dq, dk, dv). With
     dropout: dV = (P M/(1-p))^T dO, dP = M/(1-p) (dO V^T), dS = P (dP - D)."""
     scale = f32(1 / math.sqrt(q.shape[-1]))
     s = _scores(q, k, causal)

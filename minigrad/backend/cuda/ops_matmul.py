@@ -38,7 +38,7 @@ with K = that length (the kernel zero-fills the K tail as always). Then
 `matmul_tc_splitk_sum` adds the slabs in the order s = 0, 1, ..., S-1 into the output:
 no atomics, so a given shape on a given card gives the same bits every run (the
 chunking depends on the shape and the SM count only). Split-K changes the f32 summation
-order, which OPS.md allows (the reference is A.astype(f32) @ B.astype(f32), compared
+order, which docs/ops.md allows (the reference is A.astype(f32) @ B.astype(f32), compared
 with a tolerance). A batched product ([batch..., M, K] @ [K, N], batch <=
 SPLIT_BATCH_MAX) that splits runs these launches once per batch entry; the one
 reduction handles all entries.
