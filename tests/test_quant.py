@@ -590,8 +590,8 @@ def test_bad_input_errors(device):
     with pytest.raises(ValueError, match=r"qkv_project_int8: w_k must be int8 \[K, N\] with "
                                          r"K=64, got \(32, 8\)"):
         mg.ops.qkv_project_int8(x16, w8, T(np.zeros((32, 8), np.int8)), w8, 1.0, 1.0, 1.0)
-    with pytest.raises(TypeError, match="qkv_project_int8: scale_v must be a finite Python "
-                                        "float"):
+    with pytest.raises(TypeError, match="qkv_project_int8: scale_v must be a finite real "
+                                        "number"):
         mg.ops.qkv_project_int8(x16, w8, w8, w8, 1.0, 1.0, float("nan"))
     # int8 matmul
     a8 = T(np.zeros((4, 64), np.int8))
