@@ -221,6 +221,11 @@ class Tensor:
         self.realize()
         return get_backend(self.device).to_numpy(self.lazydata.realized)
 
+    def __array__(self, dtype=None, copy=None):
+        """np.asarray(t), np.array([t1, t2]), Tensor([t1, t2]): the values (a copy)."""
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
     def item(self):
         if self.numel() != 1:
             raise ValueError(f"item: only one-element tensors convert to a Python "

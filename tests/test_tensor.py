@@ -743,6 +743,20 @@ def test_promotion_tensor_tensor(device, a, b, expected):
         assert out.dtype == expected
 
 
+def test_numpy_interop_through_array_protocol(device):
+    a, b = Tensor(1.5, device=device), Tensor(2.5, device=device)
+    t = Tensor([a, b], device=device)                      # a list of 0-d tensors, as torch
+    assert t.tolist() == [1.5, 2.5] and t.dtype == mg.float32
+    m = Tensor([[1, 2], [3, 4]], device=device)
+    arr = np.asarray(m)
+    np.testing.assert_array_equal(arr, [[1, 2], [3, 4]])
+    arr[0, 0] = 99                                         # a copy: the tensor is unchanged
+    assert m.tolist() == [[1, 2], [3, 4]]
+    assert np.asarray(m, dtype=np.float64).dtype == np.float64
+    x = np.ones(2, np.float32)                             # NumPy operands still give Tensors
+    assert isinstance(x + Tensor([1.0, 2.0], device=device), Tensor)
+
+
 def test_numpy_scalars_count_as_python_scalars(device):
     h = Tensor([1.0, 2.0], dtype=mg.float16, device=device)
     assert (h * np.float32(2)).dtype == mg.float16 and (np.float32(2) * h).dtype == mg.float16
