@@ -133,6 +133,10 @@ constexpr int BM = 128, BK = 64, NT = 256, GROUP_M = 8;
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
 static_assert(SMEM_BYTES == 6 * (BM * BK * 2 + 128 * BK * 2) + 1024, "both tiles use the same");
 
+// Per element type: k per 128-byte shared-memory row (a stage's K) and the accumulator.
+template <class DT> struct Elem { static constexpr int KE = 64; typedef float Acc; };
+template <> struct Elem<MgS8> { static constexpr int KE = 128; typedef int Acc; };
+
 template <int BN> struct Cfg {
     static constexpr int A_BYTES = BM * BK * 2;
     static constexpr int B_BYTES = BN * BK * 2;
@@ -192,9 +196,14 @@ struct Loader {
 // Epilogue: accumulator i of thread (warp w4 of its warpgroup, lane) is row
 // 16*w4 + lane/4 + 8*((i>>1)&1), col 8*(i>>2) + 2*(lane&3) + (i&1) of the
 // warpgroup's 64 x BN tile, whose top-left is (r0, n0).
-template <int BN>
+__device__ __forceinline__ float out_value(float v, float) { return v; }
+// s32 -> f32 as the int8 oracle: one conversion, one f32 multiply (bit-exact)
+__device__ __forceinline__ float out_value(int v, float scale) {
+    return __fmul_rn(__int2float_rn(v), scale);
+}
+template <int BN, class T>
 __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N, int r0, int n0,
-                                          int wtid, const float (&acc)[BN / 2]) {
+                                          int wtid, const T (&acc)[BN / 2], float scale = 1.f) {
     const bool pair = ((ldc & 1) == 0) && ((reinterpret_cast<unsigned long long>(Cb) & 7) == 0);
     const int lane = wtid & 31, w4 = wtid >> 5;
 #pragma unroll
@@ -205,7 +214,8 @@ __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N
 #pragma unroll
         for (int q = 0; q < BN / 8; ++q) {
             const int col = n0 + q * 8 + (lane & 3) * 2;
-            mg_store2(crow, col, N, pair, acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+            mg_store2(crow, col, N, pair, out_value(acc[4 * q + 2 * h], scale),
+                      out_value(acc[4 * q + 2 * h + 1], scale));
         }
     }
 }
@@ -421,12 +431,13 @@ struct WsArgs {
     float* C;
     long long lda, ldb, ldc, sA, sB, sC;
     int M, N, K, batch, batA, batB, group;
+    float scale;                                // int8: C = f32(acc) * scale
 };
 
 // Producer, TMA: one thread. Boxes (host-encoded, 3-d maps {inner, outer, batch}):
 // A 'n' 64 k x 128 m; A 't' 64 m x 64 k (two per tile); B 't' 64 k x BN/CM n (one per
 // CTA, multicast to the cluster); B 'n' 64 n x 64 k (BN/64/CM per CTA, multicast).
-template <bool AT, bool BT, int BN, int CM>
+template <bool AT, bool BT, int BN, int CM, int KE>
 __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>& sc,
                                             unsigned sbase, unsigned rank, int units,
                                             int unit0, int ustep, int KT) {
@@ -447,7 +458,7 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
             const unsigned full = full0 + 8 * s;
             mbar_expect_tx(full, CF::STAGE_BYTES);      // own A + all of B (peer's half too)
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
-            const int k0 = kt * BK;
+            const int k0 = kt * KE;                     // (KE elements = 128 bytes of K)
             if (!AT) {
                 tma_load(sa, a.tmA, full, k0, m0, ba);
             } else {
@@ -610,9 +621,9 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
     using CF = WsCfg<BN>;
     constexpr int S = CF::STAGES;
     const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
-    float acc[BN / 2];
+    typename Elem<DT>::Acc acc[BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
     int s = 0;
     unsigned ph = 0;
     for (int u = unit0; u < units; u += ustep) {
@@ -651,7 +662,7 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
             else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
         }
-        store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc);
+        store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale);
     }
 }
 
@@ -675,12 +686,13 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
     Sched<BN, CM> sc;
     sc.init(a.M, a.N, a.group);
     const int units = sc.per_batch * a.batch;
-    const int KT = (a.K + BK - 1) / BK;
+    constexpr int KE = Elem<DT>::KE;
+    const int KT = (a.K + KE - 1) / KE;
     const int unit0 = blockIdx.x / CM, ustep = gridDim.x / CM;
     if (tid < 128) {
         if constexpr (TMA) {
             setmaxnreg_dec<40>();
-            if (tid == 0) produce_tma<AT, BT, BN, CM>(a, sc, sbase, rank, units, unit0, ustep, KT);
+            if (tid == 0) produce_tma<AT, BT, BN, CM, KE>(a, sc, sbase, rank, units, unit0, ustep, KT);
         } else {
             setmaxnreg_dec<WS_LDG_PRODUCER_REGS>();
             produce_ldg<AT, BT, BN>(a, sc, sbase, units, unit0, ustep, KT, tid);
@@ -756,6 +768,24 @@ MTW_TMA_SET(n256c2, 256, 2, MTW_CLUSTER2)
 MTW_TMA_SET(n256c1, 256, 1, MTW_NOATTR)
 MTW_TMA_SET(n128c2, 128, 2, MTW_CLUSTER2)
 MTW_TMA_SET(n128c1, 128, 1, MTW_NOATTR)
+
+// matmul_int8 (W8A8, one scale) on the same pipeline: A int8 [M, K] row-major, B given as
+// Bt int8 [N, K] ('nt'; s8 wgmma reads both operands K-major), 128 k per stage (the same
+// 128-byte rows), s32 accumulators stored as f32(acc) * scale. Arguments: the tma ones,
+// then float scale.
+#define MTW_TMA_S8_ENTRY(NAME, BN, CM, ATTR)                                                  \
+    extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) ATTR NAME(               \
+        const __grid_constant__ mtw::TmaDesc tmA, const __grid_constant__ mtw::TmaDesc tmB,  \
+        float* __restrict__ C, long long ldc, long long sC, int M, int N, int K, int batch,   \
+        int batA, int batB, int group, float scale) {                                         \
+        const mtw::WsArgs a{&tmA, &tmB, nullptr, nullptr, C, 0, 0, ldc, 0, 0, sC,             \
+                            M, N, K, batch, batA, batB, group, scale};                        \
+        mtw::ws_gemm<MgS8, false, true, BN, CM, true>(a, mtw_dyn_smem);                        \
+    }
+MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n256c2, 256, 2, MTW_CLUSTER2)
+MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n256c1, 256, 1, MTW_NOATTR)
+MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n128c2, 128, 2, MTW_CLUSTER2)
+MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n128c1, 128, 1, MTW_NOATTR)
 
 #define MTW_SYNC_SET(BN)                                                                       \
     MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nn_n##BN, MgF16, false, false, BN)                     \

@@ -2,7 +2,7 @@
 // matmul_tc_wgmma.cu, matmul_int8.cu and weight_quant.cuh (matmul_int4.cu, qkv_project.cu):
 // the fence / commit / wait of an asynchronous wgmma group, the proxy fence that makes
 // generic-proxy shared-memory writes visible to it, the shared-memory matrix descriptor
-// and the m64nNk16 (f16, bf16 -> f32) and m64n256k32 (s8 -> s32) instructions.
+// and the m64nNk16 (f16, bf16 -> f32) and m64nNk32 (s8 -> s32) instructions.
 //
 // Everything here exists only when compiling for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL): a file
 // built for another arch sees none of it, and guards its own wgmma kernels the same way.
@@ -29,11 +29,15 @@ template <int N> __device__ __forceinline__ void mg_wgmma_wait() {
 __device__ __forceinline__ void mg_fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// Keeps the compiler from moving accesses to an f32 accumulator array across wgmma
+// Keeps the compiler from moving accesses to an accumulator array (f32 or s32) across wgmma
 // instructions (which read and write it asynchronously).
-template <int N, class T> __device__ __forceinline__ void mg_reg_fence(T (&r)[N]) {
+template <int N> __device__ __forceinline__ void mg_reg_fence(float (&r)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i]) :: "memory");
+}
+template <int N> __device__ __forceinline__ void mg_reg_fence(int (&r)[N]) {   // s32 (s8 wgmma)
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i]) :: "memory");
 }
 
 // ---- operands ----
@@ -74,6 +78,7 @@ __device__ __forceinline__ unsigned long long mg_wgmma_desc(unsigned saddr, unsi
 
 struct MgF16 {};
 struct MgBF16 {};
+struct MgS8 {};     // int8 operands, s32 accumulators, k32 per instruction, K-major only
 
 // d (64 x N f32, R = N/2 per thread) += A (64 x 16) . B (16 x N), A and B in shared memory
 // (descriptors da, db); scale_d 0 overwrites d instead. TA / TB: the transpose bits (1: the
@@ -94,6 +99,24 @@ MG_WGMMA_F32(256, 128, MgF16, "f16")
 MG_WGMMA_F32(256, 128, MgBF16, "bf16")
 MG_WGMMA_F32(128, 64, MgF16, "f16")
 MG_WGMMA_F32(128, 64, MgBF16, "bf16")
+
+// d (64 x N s32) += A (64 x 32 s8) . B (32 x N s8), both K-major (s8 has no transpose
+// bits): the same shared-memory bytes per instruction (32 per row) as one f16 k16 step.
+#define MG_WG_TAIL128_S8 "}, %128, %129, p;\n}\n"
+#define MG_WG_TAIL64_S8 "}, %64, %65, p;\n}\n"
+#define MG_WGMMA_S32(N, R)                                                                     \
+    template <> struct MgWgmma<N, MgS8, 0, 0> {                                                \
+        static __device__ __forceinline__ void run(int (&d)[R], unsigned long long da,         \
+                                                   unsigned long long db, int scale_d = 1) {   \
+            asm volatile(MG_WG_HEAD##R                                                         \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k32.s32.s8.s8 {"              \
+                         MG_WG_REGS##R MG_WG_TAIL##R##_S8                                      \
+                         : MG_WG_ACC##R("+r", d)                                               \
+                         : "l"(da), "l"(db), "r"(scale_d));                                    \
+        }                                                                                      \
+    };
+MG_WGMMA_S32(256, 128)
+MG_WGMMA_S32(128, 64)
 
 // d (64 x 256 s32, 128 per thread) += A (64 x 32 s8) . B (32 x 256 s8), both K-major in
 // shared memory (descriptors a, b).

@@ -688,3 +688,14 @@ def test_split_k_transformer_weight_grad(name, n, k, poisoned_device, monkeypatc
     assert _rel(outs[0], ref) < _bound(16384, OPS[name])
     assert np.array_equal(outs[0], outs[1])
     assert any("splitk_sum" in x for x in launched), launched
+
+
+def test_operand_map_boxes_are_128_bytes_of_k_for_every_element_type():
+    """A stage is 128 bytes of K for the 16-bit and the int8 kernels alike (matmul_int8's
+    TMA kernel): 64 f16 / bf16 or 128 int8 elements, strides in bytes."""
+    om = _om()
+    assert om.operand_map("f16", False, 1000, 520, 528, 0, 1, 128) == \
+        ("f16", (520, 1000, 1), (1056, 1056 * 1000), (64, 128, 1))
+    assert om.operand_map("i8", False, 1000, 520, 528, 0, 1, 128) == \
+        ("i8", (520, 1000, 1), (528, 528 * 1000), (128, 128, 1))
+    assert om.TMA_TYPES["i8"] == (0, 1)      # CU_TENSOR_MAP_DATA_TYPE_UINT8, one byte

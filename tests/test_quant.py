@@ -621,8 +621,14 @@ def test_bad_input_errors(device):
 # NumPy oracle from the pointers and leading dimensions it was given.
 
 class _FakeGPU:
-    """Backend (the methods ops_quant uses) + runtime stand-in."""
+    """Backend (the methods ops_quant uses) + runtime stand-in. It refuses TMA tensor maps,
+    so matmul_int8 on sm_90 takes matmul_int8_wgmma here (its TMA kernel runs in the CUDA
+    tests on an sm_90 GPU)."""
     BASE = 1 << 20
+    multiprocessors = 132
+
+    def tensor_map(self, *args):
+        return None
 
     def __init__(self, arch):
         self.arch, self.kernels, self.launches = arch, {}, []

@@ -217,11 +217,15 @@ _LIBCUDA = None
 _TMAPS: dict = {}
 
 
+# tensor-map element types: CUtensorMapDataType, bytes per element
+TMA_TYPES = {"f16": (6, 2), "bf16": (9, 2), "i8": (0, 1)}
+
+
 def tensor_map(ptr, dt, dims, strides, box):
-    """The 16 uint64 words of a 3-d CUtensorMap over 16-bit elements (`dt` 'f16' or
-    'bf16'; dims innermost first, byte strides of dims 1 and 2, box dims), 128-byte
-    swizzle, zeros outside the tensor; None when the driver refuses it (the caller falls
-    back to cp.async). cuTensorMapEncodeTiled needs no context; cached by arguments."""
+    """The 16 uint64 words of a 3-d CUtensorMap (`dt` a key of TMA_TYPES; dims innermost
+    first, byte strides of dims 1 and 2, box dims), 128-byte swizzle, zeros outside the
+    tensor; None when the driver refuses it (the caller falls back to cp.async).
+    cuTensorMapEncodeTiled needs no context; cached by arguments."""
     key = (ptr, dt, dims, strides, box)
     words = _TMAPS.get(key, False)
     if words is not False:
@@ -244,7 +248,7 @@ def tensor_map(ptr, dt, dims, strides, box):
     raw = (ctypes.c_uint8 * 192)()
     addr = (ctypes.addressof(raw) + 63) & ~63          # the map must be 64-byte aligned
     r = _LIBCUDA.cuTensorMapEncodeTiled(
-        ctypes.c_void_p(addr), 6 if dt == "f16" else 9, 3, ctypes.c_void_p(ptr),
+        ctypes.c_void_p(addr), TMA_TYPES[dt][0], 3, ctypes.c_void_p(ptr),
         (ctypes.c_uint64 * 3)(*dims), (ctypes.c_uint64 * 2)(*strides),
         (ctypes.c_uint32 * 3)(*box), (ctypes.c_uint32 * 3)(1, 1, 1),
         0, 3, 3, 0)     # no interleave, SWIZZLE_128B, L2 promotion 256 B, OOB zero fill
@@ -286,12 +290,13 @@ def tma_pad(be):
 def operand_map(dt, trans, rows, cols, ld, stride, batch, box_outer):
     """tensor_map's arguments after the pointer for a logical [rows, cols] operand ('n':
     (r, c) at r*ld + c; 't': at c*ld + r), batch entries `stride` elements apart (0: one
-    matrix for all). The contiguous dim is innermost; boxes are 64 of it by `box_outer`
-    of the other."""
+    matrix for all). The contiguous dim is innermost; boxes are 128 bytes of it (64 16-bit
+    or 128 int8 elements) by `box_outer` of the other."""
     inner, outer = (rows, cols) if trans else (cols, rows)
     nb = batch if stride else 1
     s2 = stride if stride else outer * ld
-    return dt, (inner, outer, nb), (2 * ld, 2 * s2), (64, box_outer, 1)
+    size = TMA_TYPES[dt][1]
+    return dt, (inner, outer, nb), (size * ld, size * s2), (128 // size, box_outer, 1)
 
 
 def ws_grid(m, n, batch, bn, cm, sms):
@@ -305,7 +310,8 @@ def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
     64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header; `batch`
     entries sa/sb elements apart, C's m*n apart with ldc n): `maps(pa, pb)` encodes the two
     tensor maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C
-    at pc; None if the driver refuses a map."""
+    at pc; None if the driver refuses a map. dt "i8" is matmul_int8's kernel (layout "nt"
+    only), whose launch takes the scale too: `launch(pc, scale)`."""
     bn, cm = ws_tile(m, n, batch, sms)
     at, bt = layout[0] == "t", layout[1] == "t"
     map_a = operand_map(dt, at, m, k, lda, sa, batch, 64 if at else 128)
@@ -322,11 +328,14 @@ def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
             return None
         if not kernel:
             pad = tma_pad(be) // 8
-            kernel[:] = [_function(be, rt, f"matmul_tc_tma_{dt}_{layout}_n{bn}c{cm}",
-                                   WS_SMEM[bn], fmt="Q" * pad + TMA_ARGS), pad]
+            name, extra = (f"matmul_int8_tma_{layout}", "f") if dt == "i8" else \
+                (f"matmul_tc_tma_{dt}_{layout}", "")
+            kernel[:] = [_function(be, rt, f"{name}_n{bn}c{cm}", WS_SMEM[bn],
+                                   fmt="Q" * pad + TMA_ARGS + extra), pad]
         fn, pad = kernel
         head = [0] * pad + [*ma, *mb]
-        return lambda pc: rt.launch(fn, grid, WS_THREADS, [*head, pc, *tail], WS_SMEM[bn])
+        return lambda pc, *scale: rt.launch(fn, grid, WS_THREADS, [*head, pc, *tail, *scale],
+                                            WS_SMEM[bn])
     return maps
 
 

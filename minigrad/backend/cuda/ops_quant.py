@@ -21,9 +21,11 @@ returns new dense buffers. Host rules:
   as it is; any other b is copied once per call into [N, round_up(K, 16)]
   (`matmul_int8_transpose` for a row-major b, a strided copy otherwise). Callers that
   reuse a weight keep it [N, K] and pass `.T` (mg.nn.QuantLinear does).
-* matmul_int8: `matmul_int8_wgmma` on compute capability 9.0 (the file is built for
-  sm_90a there), `_tn_v` elsewhere; both need lda, ldb % 16 == 0 and 16-byte aligned A and
-  Bt, else `_tn_s` (byte loads, any layout).
+* matmul_int8: on compute capability 9.0, `matmul_int8_tma_nt_*` of matmul_tc_wgmma.cu
+  (the TMA + wgmma pipeline of matmul_tc_async, s8 wgmma, the same tile rule ws_tile;
+  MINIGRAD_MATMUL_TMA=0 turns it off) where the driver accepts the tensor maps, else
+  `matmul_int8_wgmma` (cp.async); `_tn_v` elsewhere. All three need lda, ldb % 16 == 0 and
+  16-byte aligned A and Bt, else `_tn_s` (byte loads, any layout).
 * matmul_int4 / qkv_project_*: M <= 64 -> the gemv (decode) kernels; M > 64 -> the wgmma
   gemm on cc 9.0, the mma.sync gemm elsewhere. int4 gemv: R = 1 row tile per block when
   K > N, else 2; T = 1 token tile when M <= 8, else 2.
@@ -42,7 +44,7 @@ from __future__ import annotations
 import math
 
 from ...dtype import float16, float32, int8
-from . import compiler
+from . import compiler, ops_matmul
 
 I8_FILE, I4_FILE, QKV_FILE = "matmul_int8.cu", "matmul_int4.cu", "qkv_project.cu"
 I8_FMT, I8T_FMT = "PPPqqqiiif", "PPqqii"
@@ -209,6 +211,9 @@ class QuantKernels:
         A, lda = self._rows(a, K)
         Bt, ldb = self._k_major(b, need_aligned=False)
         vec = lda % 16 == 0 and ldb % 16 == 0 and A.ptr % 16 == 0 and Bt.ptr % 16 == 0
+        if vec and self.wgmma[I8_FILE] and ops_matmul.USE_TMA and \
+                self._int8_tma(A, Bt, out, lda, ldb, M, N, K, scale):
+            return out
         args = [A.ptr, Bt.ptr, out.ptr, lda, ldb, N, M, N, K, float(scale)]
         if vec and self.wgmma[I8_FILE]:
             self._launch(I8_FILE, "matmul_int8_wgmma", I8_FMT,
@@ -219,6 +224,18 @@ class QuantKernels:
                          (ceil_div(M, 128) * ceil_div(N, 128), 1, 1), (128, 1, 1), args,
                          MI8_SMEM)
         return out
+
+    def _int8_tma(self, A, Bt, out, lda, ldb, M, N, K, scale):
+        """matmul_int8 on the TMA + wgmma pipeline of matmul_tc_async (sm_90a;
+        matmul_tc_wgmma.cu's matmul_int8_tma_*); False where the driver refuses a tensor map
+        (then matmul_int8_wgmma runs)."""
+        maps = ops_matmul._tma_launcher(self.b, self.rt, "i8", "nt", lda, ldb, 0, 0, M, N, K, 1,
+                                        self.rt.multiprocessors)
+        launch = maps(A.ptr, Bt.ptr)
+        if launch is None:
+            return False
+        launch(out.ptr, float(scale))
+        return True
 
     def _x_f16(self, x, K):
         """f16 activations [..., M, K] -> (buffer, ldx) meeting the 16-byte load rule of
