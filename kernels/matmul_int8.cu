@@ -48,7 +48,9 @@
 //     _v and wgmma need lda % 16 == 0, ldb % 16 == 0 and 16-byte aligned A, Bt (cp.async of
 //     16 B; K itself may be anything: a chunk that straddles K is read partially, the rest
 //     zero-filled); C needs nothing (float2 stores only when ldc is even and C 8-B aligned).
-//     On sm_90 with an sm_90a cubin prefer wgmma; else _v; _s when the alignment rule fails.
+//     On sm_90 with an sm_90a cubin prefer matmul_tc_wgmma.cu's matmul_int8_tma_* (TMA +
+//     warp-specialized wgmma, 1.4x this file's wgmma at 8192^3), then wgmma; else _v; _s
+//     when the alignment rule fails.
 //
 // ALGORITHM AND TILES
 //   _v/_s: block tile 128 x 128 x 64 (bytes of K), 4 warps as 2 x 2, warp tile 64 x 64 =

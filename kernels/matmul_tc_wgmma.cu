@@ -11,6 +11,8 @@
 //                       sm_80/89 and wherever these kernels' rules do not hold.
 //   matmul_tc_wgmma_*   cp.async + wgmma (the first Hopper kernels): the fallback of the
 //                       async ops when a tensor map is refused, and their split-K path.
+//   matmul_int8_tma_*   the tma pipeline for matmul_int8 (W8A8): int8 A [M,K] and Bt
+//                       [N,K], s32 accumulators, C = f32(acc) * scale (see the end).
 //
 // MATH  C[b] = A[b] . B[b], A: [M,K], B: [K,N] f16 or bf16, C: [M,N] f32, products summed
 //   in f32 by wgmma.mma_async.sync.aligned.m64nNk16.f32.{f16,bf16}: the same function as
@@ -25,6 +27,16 @@
 //       cluster of 2 CTAs (__cluster_dims__(2,1,1)) stacked along M that share B
 //   matmul_tc_wgsync_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}     block tile 128 x BN
 //   matmul_tc_wgmma_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}      block tile 128 x BN
+//   matmul_int8_tma_nt_n{256,128}c{2,1}   int8, 'nt' only (s8 wgmma reads both operands
+//       K-major); tensor maps of int8 elements (CU_TENSOR_MAP_DATA_TYPE_UINT8) with the
+//       same 128-byte boxes: A {128 k, 128 m}, Bt {128 k, BN/CM n}; a stage covers 128 of
+//       K (the same bytes as 64 f16), each m64nBNk32.s32.s8.s8 wgmma 32 of them; the
+//       epilogue is matmul_int8.cu's (__int2float_rn, then __fmul_rn by scale: bit-exact).
+//       Arguments: the tma ones, then float scale ("...iiiiiii" + "f").
+//       MEASURED (H200, 2026-11-29, benchmarks/quant.py through minigrad, two rounds): 8192^3
+//       0.848 / 0.868 ms per call (kernel 0.80 / 0.78 ms, ~1270-1300 TOPS) against
+//       torch._int_mm 1.20 / 1.23 ms (1.41-1.42x) and matmul_int8_wgmma (cp.async) 1.21 ms;
+//       4096^3 0.167 / 0.161 ms (kernel 0.103 ms) against 0.174 / 0.183 ms (1.05-1.13x).
 //
 // ARGUMENTS
 //   tma (PyCUDA format "Q"*pad/8 + "Q"*32 + "Pqqiiiiiii"):
