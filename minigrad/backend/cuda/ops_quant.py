@@ -110,6 +110,7 @@ class QuantKernels:
         self.files = supported_files(backend.arch)
         self.wgmma = {f: a == "sm_90a" for f, a in self.files.items()}
         self._fns = {}               # entry name -> prepared function (smem attribute raised)
+        self._i8_tma = {}            # (M, N, K, lda, ldb) -> matmul_int8's TMA launch plan
 
     # ------------------------------------------------------------ plumbing --
     def _fn(self, file, entry, fmt, smem=0):
@@ -229,8 +230,13 @@ class QuantKernels:
         """matmul_int8 on the TMA + wgmma pipeline of matmul_tc_async (sm_90a;
         matmul_tc_wgmma.cu's matmul_int8_tma_*); False where the driver refuses a tensor map
         (then matmul_int8_wgmma runs)."""
-        maps = ops_matmul._tma_launcher(self.b, self.rt, "i8", "nt", lda, ldb, 0, 0, M, N, K, 1,
-                                        self.rt.multiprocessors)
+        key = (M, N, K, lda, ldb)
+        maps = self._i8_tma.get(key)
+        if maps is None:             # planned once per shape (the tile rule, the maps' shapes)
+            if len(self._i8_tma) >= 1024:
+                self._i8_tma.clear()
+            maps = self._i8_tma[key] = ops_matmul._tma_launcher(
+                self.b, self.rt, "i8", "nt", lda, ldb, 0, 0, M, N, K, 1, self.rt.multiprocessors)
         launch = maps(A.ptr, Bt.ptr)
         if launch is None:
             return False
