@@ -305,9 +305,10 @@ def ws_grid(m, n, batch, bn, cm, sms):
     return cm * min(units, sms // cm)
 
 
-def _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
-    """A TMA kernel's launch, planned once per layout (maps: A 'n' box 64 k x 128 m, A 't'
-    64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; see the kernel header; `batch`
+def tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
+    """A TMA kernel's launch, planned once per layout (maps, in 16-bit elements: A 'n' box
+    64 k x 128 m, A 't' 64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; int8 boxes
+    hold 128 of K, the same 128 bytes; see the kernel header; `batch`
     entries sa/sb elements apart, C's m*n apart with ldc n): `maps(pa, pb)` encodes the two
     tensor maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C
     at pc; None if the driver refuses a map. dt "i8" is matmul_int8's kernel (layout "nt"
@@ -409,7 +410,7 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
         if USE_TMA:
             if s == 1:
-                maps = _tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
+                maps = tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
 
                 def launcher(a, b):         # None (nothing queued) if a map is refused
                     launch = maps(a.ptr, b.ptr)
@@ -420,7 +421,7 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
                     return out
             else:
                 launcher = _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n,
-                                    k, kc, batch, lambda kk, count, ca, cb: _tma_launcher(
+                                    k, kc, batch, lambda kk, count, ca, cb: tma_launcher(
                                         be, rt, dt, layout, lda, ldb, ca, cb, m, n, kk, count,
                                         sms))
             out = launcher(a, b)

@@ -235,7 +235,7 @@ class QuantKernels:
         if maps is None:             # planned once per shape (the tile rule, the maps' shapes)
             if len(self._i8_tma) >= 1024:
                 self._i8_tma.clear()
-            maps = self._i8_tma[key] = ops_matmul._tma_launcher(
+            maps = self._i8_tma[key] = ops_matmul.tma_launcher(
                 self.b, self.rt, "i8", "nt", lda, ldb, 0, 0, M, N, K, 1, self.rt.multiprocessors)
         launch = maps(A.ptr, Bt.ptr)
         if launch is None:
