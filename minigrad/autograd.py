@@ -92,6 +92,9 @@ class Function:
         outs = out if isinstance(out, tuple) else (out,)
         ctx.n_outputs = len(outs)
         for i, o in enumerate(outs):
+            if not hasattr(o, "lazydata"):
+                raise TypeError(f"{cls.__name__}.forward must return Tensors (or a tuple of "
+                                f"them), got a {type(o).__name__}")
             for a in args:
                 if o is a:
                     # forward returned an input as it is (x.float() of a float32 x, a
@@ -159,6 +162,13 @@ def backward(tensor, gradient, retain_graph: bool = False) -> None:
             in_grads = type(ctx).backward(ctx, *grads)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
+            n = len(ctx.parents)
+            if len(in_grads) != n and (any(g is not None for g in in_grads[n:]) or any(
+                    getattr(p, "requires_grad", False) for p in ctx.parents[len(in_grads):])):
+                # (a missing or an extra None, for an argument that takes no gradient, is fine)
+                raise RuntimeError(f"backward of {type(ctx).__name__}: returned {len(in_grads)} "
+                                   f"gradients, but forward took {len(ctx.parents)} positional "
+                                   f"arguments (one gradient, or None, per argument)")
             for parent, g in zip(ctx.parents, in_grads):
                 if g is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                     continue

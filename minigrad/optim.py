@@ -73,10 +73,12 @@ class Optimizer:
                 seen.add(id(p))
             self.param_groups.append({**self.defaults, **g, "params": ps})
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (PyTorch's default), or with set_to_none=False
+        set it to zeros."""
         for group in self.param_groups:
             for p in group["params"]:
-                p.grad = None
+                p.grad = None if set_to_none or p.grad is None else Tensor.zeros_like(p.grad)
 
     def step(self) -> None:
         out, self._direct, n_updates = [], [], 0

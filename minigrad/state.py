@@ -160,7 +160,13 @@ def _bytes_view(arr: np.ndarray):
 
 
 def _atomic_write(path: str, chunks) -> None:
-    folder, name = os.path.split(os.path.abspath(path))
+    # a symlink's target is replaced (the link stays a link), and an existing file keeps
+    # its permission bits: saving changes the contents, nothing else
+    path = os.path.realpath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save: {path} is a directory; give a file name")
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else None
+    folder, name = os.path.split(path)
     while True:      # O_EXCL: never reuse a name; 0o666 lets the umask decide the mode
         tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
         try:
@@ -175,6 +181,8 @@ def _atomic_write(path: str, chunks) -> None:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

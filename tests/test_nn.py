@@ -312,6 +312,19 @@ def test_integer_tensor_attributes_are_buffers_not_parameters():
     assert m.pos.dtype == mg.int64 and m.proj.weight.dtype == mg.float16
 
 
+def test_module_to_an_integer_dtype_is_refused_and_zero_grad_set_to_none():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="Linear.to: only floating-point dtypes.*int32"):
+        lin.to(mg.int32)
+    assert lin.weight.dtype == mg.float32
+    lin(Tensor(np.ones((1, 2), np.float32))).sum().backward()
+    opt = mg.optim.SGD(lin.parameters(), lr=0.1)
+    opt.zero_grad(set_to_none=False)                   # zeros, as PyTorch's option
+    assert lin.weight.grad is not None and not lin.weight.grad.numpy().any()
+    lin.zero_grad()
+    assert lin.weight.grad is None
+
+
 def test_gradcheck_linear():
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((2, 3)), dtype=mg.float64, requires_grad=True)

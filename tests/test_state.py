@@ -291,6 +291,20 @@ def test_save_replaces_and_respects_umask(tmp_path):
     assert os.listdir(tmp_path) == ["c.safetensors"]
 
 
+def test_save_through_a_symlink_keeps_the_link_and_the_mode(tmp_path):
+    target = tmp_path / "real.safetensors"
+    state._write_arrays({"a": np.zeros(3, np.float32)}, target)
+    os.chmod(target, 0o600)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target)
+    state._write_arrays({"b": np.ones(2, np.int8)}, link)          # through the link
+    assert link.is_symlink() and list(state._read_arrays(target)) == ["b"]
+    assert (target.stat().st_mode & 0o777) == 0o600                # the file's own mode kept
+    assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "real.safetensors"]
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file name"):
+        state._write_arrays({"a": np.zeros(1, np.float32)}, tmp_path)
+
+
 # -- bad files: ValueError naming the file and the problem, nothing executed ---------------
 
 def _valid(tmp_path):

@@ -616,6 +616,15 @@ def test_cross_entropy_target_out_of_range_raises(device, bad, rng):
     np.testing.assert_allclose(good, ref, rtol=1e-5)
 
 
+def test_index_tensor_below_minus_n_raises_and_int8_indices_work(device):
+    x = Tensor(np.arange(200, dtype=np.float32), device=device)
+    for bad in (-201, -400):          # -201 + 200 = -1 used to wrap a second time: x[199]
+        with pytest.raises(IndexError, match="out of range"):
+            x[Tensor([bad], device=device)].numpy()
+    idx8 = Tensor(np.array([100, -3], np.int8), device=device)    # idx + 200 overflowed int8
+    np.testing.assert_array_equal(x[idx8].numpy(), [100.0, 197.0])
+
+
 def test_index_tensor_and_embedding_out_of_range_raise(device):
     x = Tensor(np.arange(6, dtype=np.float32), device=device)
     with pytest.raises(IndexError, match="out of range"):
@@ -1357,6 +1366,28 @@ def test_backward_of_a_leaf_seeds_its_grad(device):
     assert x.grad.item() == 4.0
     with pytest.raises(RuntimeError, match="not produced by an op that needs gradients"):
         Tensor(2.0, device=device).backward()
+
+
+def test_function_backward_gradient_count_and_forward_outputs_are_checked(device):
+    class TooFew(mg.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b): return a * b
+        @staticmethod
+        def backward(ctx, g): return g          # b's gradient is missing
+
+    class NotATensor(mg.autograd.Function):
+        @staticmethod
+        def forward(ctx, a): return a * 2, 5
+        @staticmethod
+        def backward(ctx, g, _): return g
+
+    a = Tensor([1.0, 2.0], requires_grad=True, device=device)
+    b = Tensor([3.0, 4.0], requires_grad=True, device=device)
+    with pytest.raises(RuntimeError, match="backward of TooFew: returned 1 gradients, but "
+                                           "forward took 2"):
+        TooFew.apply(a, b).sum().backward()
+    with pytest.raises(TypeError, match="NotATensor.forward must return Tensors.*got a int"):
+        NotATensor.apply(a)
 
 
 def test_no_grad_restored_after_exception(device):

@@ -160,9 +160,11 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (PyTorch's default), or with set_to_none=False
+        set it to zeros."""
         for p in self.parameters():
-            p.grad = None
+            p.grad = None if set_to_none or p.grad is None else Tensor.zeros_like(p.grad)
 
     def to(self, arg=None, *, device=None, dtype=None) -> "Module":
         """Move every parameter and buffer to a device ("cpu", "cuda") or cast the float
@@ -170,6 +172,9 @@ class Module:
         stays valid). Buffers keep their dtype. As in PyTorch, `.to(device=..., dtype=...)`
         (either or both) works too."""
         device, dtype = to_args(f"{type(self).__name__}.to", arg, device, dtype)
+        if dtype is not None and not dtype.is_float:
+            raise TypeError(f"{type(self).__name__}.to: only floating-point dtypes cast a "
+                            f"module's parameters, got {dtype.name}")
         if device is not None and dtype is not None:
             return self.to(device).to(dtype)
         with no_grad():
