@@ -325,6 +325,18 @@ def test_module_to_an_integer_dtype_is_refused_and_zero_grad_set_to_none():
     assert lin.weight.grad is None
 
 
+def test_module_shorthands_and_requires_grad_():
+    lin = nn.Linear(3, 2)
+    assert lin.half() is lin and lin.weight.dtype == mg.float16
+    assert lin.bfloat16().weight.dtype == mg.bfloat16 and lin.float().weight.dtype == mg.float32
+    assert lin.cpu().weight.device == "cpu"
+    assert lin.requires_grad_(False) is lin and not any(p.requires_grad for p in lin.parameters())
+    out = lin(Tensor(np.ones((1, 3), np.float32)))
+    assert not out.requires_grad                       # frozen: no graph for backward
+    lin.requires_grad_()
+    assert all(p.requires_grad for p in lin.parameters())
+
+
 def test_gradcheck_linear():
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((2, 3)), dtype=mg.float64, requires_grad=True)

@@ -160,6 +160,19 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    def requires_grad_(self, flag: bool = True) -> "Module":
+        """Freeze (False) or unfreeze every parameter, as PyTorch's."""
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    # PyTorch's shorthands for .to()
+    def cpu(self): return self.to("cpu")
+    def cuda(self): return self.to("cuda")
+    def half(self): return self.to(to_dtype("float16"))
+    def bfloat16(self): return self.to(to_dtype("bfloat16"))
+    def float(self): return self.to(to_dtype("float32"))
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every parameter's gradient (PyTorch's default), or with set_to_none=False
         set it to zeros."""
