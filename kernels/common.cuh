@@ -89,6 +89,11 @@ __device__ __forceinline__ void mg_block_tile(int ntiles, int B, int& b, int& ra
 }
 
 // ---- epilogue stores of the matmul kernels ----
+// matmul_int8's output element: the oracle's two roundings, f32(acc) then * scale (bit-exact)
+__device__ __forceinline__ float mg_int8_out(int acc, float scale) {
+    return __fmul_rn(__int2float_rn(acc), scale);
+}
+
 // An accumulator pair (v0, v1) -> row[col], row[col + 1] of an output row, columns >= N
 // dropped. pair_ok (even row stride, base aligned to the pair: 8 bytes for f32, 4 for
 // 16-bit) allows one store of both when both columns are inside.

@@ -146,10 +146,6 @@ __device__ __forceinline__ void mma_tile(const u8* sA, const u8* sB, int (&acc)[
     }
 }
 
-__device__ __forceinline__ float scaled(int acc, float scale) {
-    return __fmul_rn(__int2float_rn(acc), scale);
-}
-
 // Predicated store of the pair (row, col), (row, col + 1).
 __device__ __forceinline__ void store_pair(float* C, long long ldc, int M, int N, int row, int col,
                                            float v0, float v1, bool pair_ok) {
@@ -206,10 +202,10 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
         for (int j = 0; j < 8; ++j) {
             const int row = m0 + wm * 64 + i * 16 + g;
             const int col = n0 + wn * 64 + j * 8 + 2 * tq;
-            store_pair(C, ldc, M, N, row, col, scaled(acc[i][j][0], scale),
-                       scaled(acc[i][j][1], scale), pair_ok);
-            store_pair(C, ldc, M, N, row + 8, col, scaled(acc[i][j][2], scale),
-                       scaled(acc[i][j][3], scale), pair_ok);
+            store_pair(C, ldc, M, N, row, col, mg_int8_out(acc[i][j][0], scale),
+                       mg_int8_out(acc[i][j][1], scale), pair_ok);
+            store_pair(C, ldc, M, N, row + 8, col, mg_int8_out(acc[i][j][2], scale),
+                       mg_int8_out(acc[i][j][3], scale), pair_ok);
         }
 }
 
@@ -299,10 +295,10 @@ __device__ __forceinline__ void gemm(const i8* __restrict__ A, const i8* __restr
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
         const int col = n0 + i * 8 + 2 * tq;
-        store_pair(C, ldc, M, N, row, col, scaled(acc[4 * i], scale), scaled(acc[4 * i + 1], scale),
-                   pair_ok);
-        store_pair(C, ldc, M, N, row + 8, col, scaled(acc[4 * i + 2], scale),
-                   scaled(acc[4 * i + 3], scale), pair_ok);
+        store_pair(C, ldc, M, N, row, col, mg_int8_out(acc[4 * i], scale),
+                   mg_int8_out(acc[4 * i + 1], scale), pair_ok);
+        store_pair(C, ldc, M, N, row + 8, col, mg_int8_out(acc[4 * i + 2], scale),
+                   mg_int8_out(acc[4 * i + 3], scale), pair_ok);
     }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL

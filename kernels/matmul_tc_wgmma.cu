@@ -209,10 +209,7 @@ struct Loader {
 // 16*w4 + lane/4 + 8*((i>>1)&1), col 8*(i>>2) + 2*(lane&3) + (i&1) of the
 // warpgroup's 64 x BN tile, whose top-left is (r0, n0).
 __device__ __forceinline__ float out_value(float v, float) { return v; }
-// s32 -> f32 as the int8 oracle: one conversion, one f32 multiply (bit-exact)
-__device__ __forceinline__ float out_value(int v, float scale) {
-    return __fmul_rn(__int2float_rn(v), scale);
-}
+__device__ __forceinline__ float out_value(int v, float scale) { return mg_int8_out(v, scale); }
 template <int BN, class T>
 __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N, int r0, int n0,
                                           int wtid, const T (&acc)[BN / 2], float scale = 1.f) {

@@ -784,11 +784,10 @@ class Tensor:
                 raise IndexError(f"index: index tensors must be integers, got {idx.dtype.name}")
             if idx.device != self.device:
                 raise ValueError(f"index: index on {idx.device} for a tensor on {self.device}")
-            idx = idx.cast(int64)                 # (in int8, idx + n could overflow)
-            idx = (idx < 0).where(idx + n, idx)
-            # still negative (below -n): past the end instead, so the gather reports it
-            # (the backends would wrap a negative index a second time)
-            idx = (idx < 0).where(n, idx)
+            # the backends count [-n, 0) from the end; below -n goes past the end instead, so
+            # the gather reports it (int64 first: -n, or n, may not fit an int8 index)
+            idx = idx.cast(int64)
+            idx = (idx < -n).where(n, idx)
         return F.Gather.apply(self, idx, axis=axis)
 
     # ------------------------------------------------------------- matmul --
