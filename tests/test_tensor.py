@@ -1324,6 +1324,29 @@ def test_no_grad_context_manager(device):
     assert z._ctx is not None and z.requires_grad      # re-enabled on exit
 
 
+@pytest.mark.parametrize("op", ["+", "-", "*", "/", "**", "maximum", "minimum"])
+def test_binary_ops_without_gradients_compute_the_same_op(device, op):
+    # a binary op whose operands need no gradient builds its node without the Function;
+    # that node must be the op the Function would build (same values, scalar operands too)
+    rng = np.random.default_rng(5)
+    a_np = rng.uniform(0.5, 2.0, (3, 4)).astype(np.float32)
+    b_np = rng.uniform(0.5, 2.0, (3, 4)).astype(np.float32)
+    fns = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+           "/": lambda a, b: a / b, "**": lambda a, b: a ** b,
+           "maximum": lambda a, b: a.maximum(b), "minimum": lambda a, b: a.minimum(b)}
+    f = fns[op]
+    for b_val in (b_np, 1.5):
+        plain = f(Tensor(a_np, device=device), b_val if isinstance(b_val, float)
+                  else Tensor(b_val, device=device))
+        tracked_a = Tensor(a_np, device=device, requires_grad=True)
+        tracked = f(tracked_a, b_val if isinstance(b_val, float) else Tensor(b_val, device=device))
+        assert plain._ctx is None and not plain.requires_grad
+        assert tracked._ctx is not None
+        np.testing.assert_allclose(plain.numpy(), tracked.numpy(), rtol=1e-6)
+        expected = {"maximum": np.maximum, "minimum": np.minimum}.get(op, f)(a_np, b_val)
+        np.testing.assert_allclose(plain.numpy(), expected, rtol=1e-5)
+
+
 def test_no_grad_decorator(device):
     x = Tensor([1.0, 2.0], requires_grad=True, device=device)
 
