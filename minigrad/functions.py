@@ -284,7 +284,8 @@ class Permute(Function):
     @staticmethod
     def forward(ctx, x, order):
         ctx.order = order
-        return _node("permute", (order,), [x], tuple(x.shape[i] for i in order))
+        shape = x.lazydata.shape
+        return _node("permute", (order,), [x], tuple([shape[i] for i in order]))
     @staticmethod
     def backward(ctx, g):
         inverse = [0] * len(ctx.order)
