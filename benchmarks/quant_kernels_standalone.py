@@ -321,9 +321,9 @@ class Kernels:
 
     @staticmethod
     def gemv_r(N, K):
-        """Row tiles per gemv block (16 R output columns): R = 2 unless K > N (then R = 1
+        """Row tiles per gemv block (16 R output columns): R = 2 unless K >= N (then R = 1
         gives twice the blocks); from the H200 sweep in notes_quant.md."""
-        return 1 if K > N else 2
+        return 1 if K >= N else 2
 
     def matmul_int4(self, kind, A, Wp, S, C, lda, ldc, M, N, K, G, r=None, t=None):
         r = r or self.gemv_r(N, K)

@@ -26,7 +26,7 @@
 //   minigrad's compiler): every entry works there; elsewhere matmul_int4_gemm_wgmma traps.
 //   matmul_int4_gemv_r{1,2}_t{1,2}   decode (weight streaming, memory bound).
 //       block (256,1,1); grid (ceil(N / (16*R)), ceil(M / (8*T)), 1); static shared only.
-//       T = 1 when M <= 8, else 2; R = 1 when K > N (twice the blocks), else 2
+//       T = 1 when M <= 8, else 2; R = 1 when K >= N (twice the blocks), else 2
 //       (the H200 sweep in benchmarks/notes_quant.md).
 //   matmul_int4_gemm_wgmma  prefill on sm_90a (Hopper wgmma).
 //       block (256,1,1); grid (ceil(M/128) * ceil(N/256), 1, 1); dynamic shared memory

@@ -740,7 +740,7 @@ class _FakeGPU:
             assert G in (32, 64, 128) and K % G == 0
             assert lda % 8 == 0 and A % 16 == 0 and W % 16 == 0
             if "gemv" in e:
-                r, t = (1 if K > N else 2), (1 if M <= 8 else 2)
+                r, t = (1 if K >= N else 2), (1 if M <= 8 else 2)
                 assert M <= 64 and e == f"matmul_int4_gemv_r{r}_t{t}" and smem == 0
                 assert grid == (cd(N, 16 * r), cd(M, 8 * t), 1) and block == (256, 1, 1)
             else:
@@ -834,7 +834,7 @@ def test_cuda_host_rules_emulated(arch, rng):
         assert np.array_equal(gpu.buf_arr(out), want.reshape(-1, N))
 
     # matmul_int4 and dequantize_int4: gemv (r, t) and gemm choices, strided x
-    for M, N, K, G in ((1, 7, 64, 32), (9, 4096, 128, 64), (64, 40, 256, 128),
+    for M, N, K, G in ((1, 7, 64, 32), (3, 128, 128, 64), (9, 4096, 128, 64), (64, 40, 256, 128),
                        (65, 130, 96, 32), (300, 260, 128, 128)):
         packed, s, w = int4_weight(rng, K, N, G)
         x = h16(M, K + 8)
