@@ -36,32 +36,36 @@ def _kernel(name, inputs, shapes, dtypes, **params):
 
 
 # ------------------------------------------------------------------ validation --
+# (the checks read the graph node, not the Tensor properties: they run at every call, and
+# an op's validation should not cost more than building its node)
 def _tensor(op, name, t, dtype, min_ndim=0):
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a minigrad Tensor, got {type(t).__name__}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{op}: {name} must be {dtype.name}, got {t.dtype.name}")
-    if t.ndim < min_ndim:
+    lb = t.lazydata
+    if dtype is not None and lb.dtype is not dtype:
+        raise TypeError(f"{op}: {name} must be {dtype.name}, got {lb.dtype.name}")
+    if len(lb.shape) < min_ndim:
         raise ValueError(f"{op}: {name} needs at least {min_ndim} dimensions, got shape "
-                         f"{t.shape}")
+                         f"{lb.shape}")
     return t
 
 
 def _same_device(op, **tensors):
-    devices = {n: t.device for n, t in tensors.items()}
-    if len(set(devices.values())) > 1:
+    devices = [t.lazydata.device for t in tensors.values()]
+    if devices.count(devices[0]) != len(devices):
         raise ValueError(f"{op}: inputs are on different devices: " +
-                         ", ".join(f"{n} on {d}" for n, d in devices.items()))
+                         ", ".join(f"{n} on {d}" for n, d in zip(tensors, devices)))
 
 
 def _check_matmul(op, a, b, dtype):
     _tensor(op, "a", a, dtype, 2)
     _tensor(op, "b", b, dtype, 2)
-    if b.ndim != 2:
-        raise ValueError(f"{op}: b must be 2-D [K, N], got shape {b.shape}")
-    if a.shape[-1] != b.shape[0]:
-        raise ValueError(f"{op}: inner dimensions differ: a {a.shape} (K={a.shape[-1]}) "
-                         f"and b {b.shape} (K={b.shape[0]})")
+    sa, sb = a.lazydata.shape, b.lazydata.shape
+    if len(sb) != 2:
+        raise ValueError(f"{op}: b must be 2-D [K, N], got shape {sb}")
+    if sa[-1] != sb[0]:
+        raise ValueError(f"{op}: inner dimensions differ: a {sa} (K={sa[-1]}) "
+                         f"and b {sb} (K={sb[0]})")
     _same_device(op, a=a, b=b)
 
 
