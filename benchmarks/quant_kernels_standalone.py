@@ -289,6 +289,7 @@ class Kernels:
         self.i8t = F("matmul_int8.cu", a8, "matmul_int8_transpose", I8T_FMT)
         self.i4gemv = {(r, t): F("matmul_int4.cu", arch, f"matmul_int4_gemv_r{r}_t{t}", I4_FMT)
                        for r in (1, 2) for t in (1, 2)}
+        self.i4gemv1 = F("matmul_int4.cu", arch, "matmul_int4_gemv1", I4_FMT)
         self.i4gemm = F("matmul_int4.cu", arch, "matmul_int4_gemm", I4_FMT, GM_SMEM_I4)
         self.has_wg = arch == "sm_90a"
         if self.has_wg:
@@ -328,7 +329,10 @@ class Kernels:
     def matmul_int4(self, kind, A, Wp, S, C, lda, ldc, M, N, K, G, r=None, t=None):
         r = r or self.gemv_r(N, K)
         gs = int(math.log2(G))
-        if kind == "gemv":
+        if kind == "gemv1":                    # one token (the host runs it when K <= N)
+            self.i4gemv1((ceil_div(N, 16), 1, 1), (256, 1, 1),
+                         P(A), P(Wp), P(S), P(C), lda, ldc, M, N, K, gs)
+        elif kind == "gemv":
             t = t or self.tokens_t(M)
             self.i4gemv[(r, t)]((ceil_div(N, 16 * r), ceil_div(M, 8 * t), 1), (256, 1, 1),
                                 P(A), P(Wp), P(S), P(C), lda, ldc, M, N, K, gs)
@@ -478,6 +482,8 @@ class Checker:
         tag = f"M={Mtot} N={N} K={K} G={G}" + (f" batch={batch}" if batch else "") + \
               (f" ldx={ldx}" if ldx_pad else "")
         for kind in kinds:
+            if kind == "gemv1" and Mtot != 1:
+                continue
             for r in (gemv_rs if kind == "gemv" else (0,)):
                 dC = d.empty_poisoned(Mtot * N * 4)
                 self.ks.matmul_int4(kind, dx, dW, dS, dC, ldx, N, Mtot, N, K, G, r=r or None)
@@ -558,7 +564,7 @@ def run_checks(ks, families, sanitize, seed, log):
     ch = Checker(ks, seed, log)
     Ms, Ns = (1, 3, 17, 64, 1000), (1, 7, 130, 4096)
     if sanitize:
-        Ms, Ns = (3, 130), (7, 130)
+        Ms, Ns = (1, 3, 130), (7, 130)
     t0 = time.time()
     if "i8" in families or "i8w" in families:
         variants = (["v", "s"] if "i8" in families else []) + \
@@ -572,7 +578,7 @@ def run_checks(ks, families, sanitize, seed, log):
         log(f"# int8 checks done ({time.time() - t0:.1f} s)")
     # i4 / qkv4 / qkv8: gemv + mma.sync gemm; i4w / qkvw: the wgmma prefill kernels (own family,
     # own process in --suite: a faulting new kernel cannot hide the others' results)
-    k4 = (["gemv", "gemm"] if "i4" in families else []) + \
+    k4 = (["gemv", "gemv1", "gemm"] if "i4" in families else []) + \
          (["gemm_wgmma"] if "i4w" in families and ks.has_wg else [])
     if k4:
         KG = ((96, 32), (512, 64)) if sanitize else ((32, 32), (96, 32), (4096, 32), (4096, 64), (4096, 128))
@@ -732,6 +738,14 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
                     ms = t_gpu(lambda: ks.matmul_int4("gemv", x.data_ptr(), wp.data_ptr(), sc.data_ptr(),
                                                       c.data_ptr(), K, N, M, N, K, G, r=r))
                     row(f"matmul_int4_gemv_r{r}", f"M={M} N={N} K={K}", ms,
+                        "torch f16 " + ("F.linear" if t_lin <= t_mm else "matmul"), tref,
+                        weight_GBps=round(wbytes / ms / 1e6, 0),
+                        frac_copy_bw=round(wbytes / ms / 1e6 / copy_bw, 2))
+                for g1 in (("gemv1",) if M == 1 else ()):
+                    ms = t_gpu(lambda: ks.matmul_int4(g1, x.data_ptr(), wp.data_ptr(),
+                                                      sc.data_ptr(), c.data_ptr(), K, N, M, N,
+                                                      K, G))
+                    row(f"matmul_int4_{g1}", f"M={M} N={N} K={K}", ms,
                         "torch f16 " + ("F.linear" if t_lin <= t_mm else "matmul"), tref,
                         weight_GBps=round(wbytes / ms / 1e6, 0),
                         frac_copy_bw=round(wbytes / ms / 1e6 / copy_bw, 2))

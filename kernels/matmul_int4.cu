@@ -28,14 +28,18 @@
 //       block (256,1,1); grid (ceil(N / (16*R)), ceil(M / (8*T)), 1); static shared only.
 //       T = 1 when M <= 8, else 2; R = 1 when K >= N (twice the blocks), else 2
 //       (the H200 sweep in benchmarks/notes_quant.md).
+//   matmul_int4_gemv1   decode of one token (M == 1) with K <= N: reads weight rows like a
+//       copy, f32 FMA (weight_quant.cuh). block (256,1,1); grid (ceil(N / 16), 1, 1); static
+//       shared only. Where K > N the gemv r1 is as fast or faster (H200, notes_quant.md).
 //   matmul_int4_gemm_wgmma  prefill on sm_90a (Hopper wgmma).
 //       block (256,1,1); grid (ceil(M/128) * ceil(N/256), 1, 1); dynamic shared memory
 //       MWQ_WG_SMEM_I4 = 189440 B (raise CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).
 //   matmul_int4_gemm  prefill on any sm_80+ (mma.sync).
 //       block (128,1,1); grid (ceil(M/128) * ceil(N/128), 1, 1); dynamic shared memory
 //       MWQ_SMEM_I4 = 69632 B (raise the attribute likewise).
-//   Host rule: M <= 64 -> gemv (grid.y covers the tokens 16 at a time; the weights of the
-//   extra token groups come from L2); M > 64 -> gemm_wgmma on cc 9.0, else gemm.
+//   Host rule: M == 1 and K <= N -> gemv1; M <= 64 -> gemv (grid.y covers the tokens 16 at a
+//   time; the weights of the extra token groups come from L2); M > 64 -> gemm_wgmma on cc 9.0,
+//   else gemm.
 //
 // DECODE KERNEL (gemv): the weights are the mma A operand (16 output columns n = the m16
 //   rows), the activations the B operand (8 tokens = n8), so M = 1 wastes 7/8 of an n8 tile
@@ -103,6 +107,10 @@ MI4_GEMV(1, 1, 4, true)
 MI4_GEMV(1, 2, 4, false)
 MI4_GEMV(2, 1, 2, true)
 MI4_GEMV(2, 2, 2, false)
+
+extern "C" __global__ void __launch_bounds__(mwq::G1_NT, 3) matmul_int4_gemv1(MI4_ARGS) {
+    mwq::gemv1<1, false>(mi4_args(A, Wp, S, C, lda, ldc, M, N, K, gshift));
+}
 
 extern "C" __global__ void __launch_bounds__(mwq::GM_NT, 2) matmul_int4_gemm(MI4_ARGS) {
     mwq::gemm<mwq::I4, true, false>(mi4_args(A, Wp, S, C, lda, ldc, M, N, K, gshift), mwq_dyn_smem);

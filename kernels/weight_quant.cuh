@@ -336,6 +336,114 @@ __device__ __forceinline__ void gemv(const Args& p) {
             }
 }
 
+// ======================================================== GEMV of one token (decode) ==
+// int4, M == 1 (the host sends it the K <= N shapes; see matmul_int4.cu). The gemv above makes
+// the weights an mma operand, so each warp instruction reads 64-byte pieces of 8 rows. This
+// one reads the way a copy does: a warp instruction loads 512 contiguous bytes (1024 k) of
+// ONE row, 16 bytes (32 k) per lane, and the arithmetic is f32 FMA (one token: the tensor
+// core would waste 7/8 of an mma).
+//   Block: 16 rows of one projection (NP projections: blockIdx.x / ceil(N/16) picks one), four
+//   groups of G1_RW = 4 rows; the 2 warps of a group take the rows' 1024-k chunks in turn.
+//   Per chunk a lane loads its 32 k of the group's 4 rows (4 independent 16-byte loads in
+//   flight), their 4 scales (one 8-byte load when N % 4 == 0) and x[k..k+32) (L1/L2 hits: x is
+//   small and read by every block); it dequantises each word as the gemv does (i4_pairs, then
+//   one f16 multiply by the scale: the oracle's rounding) and adds w * x in f32 (a product of
+//   two f16 values is exact in f32). Row sums: shuffles within the warp, then the group's two
+//   warps through shared memory.
+//   Why 4 rows per warp: 80 registers, so 3 blocks (24 warps) per SM hide the arithmetic's
+//   latency; with 8 rows per warp (128 registers, 2 blocks) the kernel was 6-14 % slower
+//   (H200, benchmarks/notes_quant.md, session 12).
+constexpr int G1_NT = 256, G1_ROWS = 16, G1_RW = 4, G1_WPG = 8 * G1_RW / G1_ROWS;
+
+__device__ __forceinline__ void f16x2_to_f32(unsigned h, float& lo, float& hi) {
+    asm("{.reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;}\n"
+        : "=f"(lo), "=f"(hi)
+        : "r"(h));
+}
+
+template <int NP, bool F16OUT>
+__device__ __forceinline__ void gemv1(const Args& p) {
+    __shared__ float part[G1_NT / 32][G1_RW];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nb = (p.N + G1_ROWS - 1) / G1_ROWS;
+    const int pj = NP == 1 ? 0 : blockIdx.x / nb;                 // the projection
+    const int nblk = (blockIdx.x - pj * nb) * G1_ROWS;            // the block's first row
+    const int n0 = nblk + (warp / G1_WPG) * G1_RW;                // this warp's rows
+    const unsigned char* W = NP == 1 ? p.w[0] : pick3(p.w, pj);
+    const u16* S = NP == 1 ? p.s[0] : pick3(p.s, pj);
+    const long long rowb = (long long)p.K >> 1;                   // bytes per weight row
+    const bool svec = (p.N & 3) == 0 && n0 + G1_RW <= p.N;        // 8-byte scale loads
+    float acc[G1_RW];
+#pragma unroll
+    for (int r = 0; r < G1_RW; ++r) acc[r] = 0.f;
+    for (int k = ((warp % G1_WPG) * 32 + lane) * 32; k < p.K; k += G1_WPG * 1024) {
+        uint4 wv[G1_RW];
+#pragma unroll
+        for (int r = 0; r < G1_RW; ++r)
+            wv[r] = n0 + r < p.N ? ldg_stream(W + (n0 + r) * rowb + (k >> 1))
+                                 : make_uint4(0u, 0u, 0u, 0u);
+        unsigned sc[G1_RW];                                       // f16 scale of each row
+        const u16* srow = S + (long long)(k >> p.gshift) * p.N + n0;
+        if (svec) {
+            const uint2 v = __ldg(reinterpret_cast<const uint2*>(srow));
+            sc[0] = v.x & 0xFFFFu, sc[1] = v.x >> 16, sc[2] = v.y & 0xFFFFu, sc[3] = v.y >> 16;
+        } else {
+#pragma unroll
+            for (int r = 0; r < G1_RW; ++r) sc[r] = n0 + r < p.N ? ldg_u16(srow + r) : 0u;
+        }
+        float xf[32];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const uint4 X = __ldg(reinterpret_cast<const uint4*>(p.x + k + 8 * q));
+            f16x2_to_f32(X.x, xf[8 * q + 0], xf[8 * q + 1]);
+            f16x2_to_f32(X.y, xf[8 * q + 2], xf[8 * q + 3]);
+            f16x2_to_f32(X.z, xf[8 * q + 4], xf[8 * q + 5]);
+            f16x2_to_f32(X.w, xf[8 * q + 6], xf[8 * q + 7]);
+        }
+#pragma unroll
+        for (int r = 0; r < G1_RW; ++r) {
+            const unsigned s2 = sc[r] * 0x10001u;                 // (s, s) f16x2
+            const unsigned words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                unsigned q[4];
+                i4_pairs(words[i], q);                            // (k+j, k+j+4) of word i
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    float lo, hi;
+                    f16x2_to_f32(hmul2(q[j], s2), lo, hi);
+                    acc[r] = fmaf(lo, xf[8 * i + j], acc[r]);
+                    acc[r] = fmaf(hi, xf[8 * i + j + 4], acc[r]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < G1_RW; ++r)
+#pragma unroll
+        for (int o = 16; o; o >>= 1) acc[r] += __shfl_xor_sync(0xFFFFFFFFu, acc[r], o);
+    if (lane < G1_RW) {
+        float v = acc[0];
+#pragma unroll
+        for (int r = 1; r < G1_RW; ++r) v = lane == r ? acc[r] : v;
+        part[warp][lane] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < G1_ROWS) {
+        const int g = threadIdx.x / G1_RW, r = threadIdx.x % G1_RW, n = nblk + threadIdx.x;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < G1_WPG; ++w) v += part[G1_WPG * g + w][r];
+        void* O = NP == 1 ? p.o[0] : pick3(p.o, pj);
+        if (n < p.N) {
+            if (F16OUT)
+                reinterpret_cast<u16*>(O)[n] = f32_to_f16(v);
+            else
+                reinterpret_cast<float*>(O)[n] = v;
+        }
+    }
+}
+
 // ================================================================ GEMM (prefill) ==
 constexpr int GM_BM = 128, GM_BN = 128, GM_BK = 32, GM_NT = 128, GM_STAGES = 4, GM_GROUP = 8;
 constexpr int GM_LD = GM_BK + 8;                       // f16 per shared row (80 B)

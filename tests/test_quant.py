@@ -739,7 +739,10 @@ class _FakeGPU:
             G = 1 << gs
             assert G in (32, 64, 128) and K % G == 0
             assert lda % 8 == 0 and A % 16 == 0 and W % 16 == 0
-            if "gemv" in e:
+            if M == 1 and K <= N:                     # one token: rows read like a copy
+                assert e == "matmul_int4_gemv1" and smem == 0
+                assert grid == (cd(N, 16), 1, 1) and block == (256, 1, 1)
+            elif "gemv" in e:
                 r, t = (1 if K >= N else 2), (1 if M <= 8 else 2)
                 assert M <= 64 and e == f"matmul_int4_gemv_r{r}_t{t}" and smem == 0
                 assert grid == (cd(N, 16 * r), cd(M, 8 * t), 1) and block == (256, 1, 1)
@@ -834,8 +837,8 @@ def test_cuda_host_rules_emulated(arch, rng):
         assert np.array_equal(gpu.buf_arr(out), want.reshape(-1, N))
 
     # matmul_int4 and dequantize_int4: gemv (r, t) and gemm choices, strided x
-    for M, N, K, G in ((1, 7, 64, 32), (3, 128, 128, 64), (9, 4096, 128, 64), (64, 40, 256, 128),
-                       (65, 130, 96, 32), (300, 260, 128, 128)):
+    for M, N, K, G in ((1, 7, 64, 32), (1, 130, 128, 64), (3, 128, 128, 64), (9, 4096, 128, 64),
+                       (64, 40, 256, 128), (65, 130, 96, 32), (300, 260, 128, 128)):
         packed, s, w = int4_weight(rng, K, N, G)
         x = h16(M, K + 8)
         xv = up(x).view((M, K), (K + 8, 1), 8)                       # ldx = K + 8: a copy
@@ -882,7 +885,8 @@ def test_cuda_host_rules_emulated(arch, rng):
 
     # every launched entry exists in the file built for this arch (sm_90 -> sm_90a)
     expected = {"matmul_int8_transpose", "matmul_int8_tn_s",
-                "matmul_int4_gemv_r1_t1", "matmul_int4_gemv_r2_t2", "qkv_project_int8_gemv_t1_v",
+                "matmul_int4_gemv1", "matmul_int4_gemv_r1_t1", "matmul_int4_gemv_r2_t2",
+                "qkv_project_int8_gemv_t1_v",
                 "qkv_project_int8_gemv_t2_s", "qkv_project_int4_gemv_t1"}
     expected |= {"matmul_int8_wgmma", "matmul_int4_gemm_wgmma", "qkv_project_int8_gemm_wgmma",
                  "qkv_project_int8_gemm_s", "qkv_project_int4_gemm_wgmma"} if arch == "sm_90" \

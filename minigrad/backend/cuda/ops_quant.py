@@ -28,7 +28,9 @@ returns new dense buffers. Host rules:
   16-byte aligned A and Bt, else `_tn_s` (byte loads, any layout).
 * matmul_int4 / qkv_project_*: M <= 64 -> the gemv (decode) kernels; M > 64 -> the wgmma
   gemm on cc 9.0, the mma.sync gemm elsewhere. int4 gemv: R = 1 row tile per block when
-  K >= N, else 2; T = 1 token tile when M <= 8, else 2.
+  K >= N, else 2; T = 1 token tile when M <= 8, else 2. matmul_int4 of one token (M == 1)
+  with K <= N runs `matmul_int4_gemv1` instead (rows read like a copy; faster there, not
+  where K > N).
   x must be 16-byte aligned with a row stride % 8 == 0 (qkv_project_int8 has element-load
   `_s` variants for other x; the int4 kernels get a dense copy, whose row stride K is a
   multiple of the group size).
@@ -263,7 +265,10 @@ class QuantKernels:
         A, lda = self._x_f16(a, K)
         W, S = self._aligned(packed), self._aligned(scales)
         args = [A.ptr, W.ptr, S.ptr, out.ptr, lda, N, M, N, K, int(math.log2(group_size))]
-        if M <= GEMV_MAX_M:
+        if M == 1 and K <= N:
+            self._launch(I4_FILE, "matmul_int4_gemv1", I4_FMT, (ceil_div(N, 16), 1, 1),
+                         (256, 1, 1), args)
+        elif M <= GEMV_MAX_M:
             r = 1 if K >= N else 2
             t = 1 if M <= 8 else 2
             self._launch(I4_FILE, f"matmul_int4_gemv_r{r}_t{t}", I4_FMT,
