@@ -741,11 +741,11 @@ def run_bench(ks: Kernels, families, log, reps=30, flush_mode="read"):
                         "torch f16 " + ("F.linear" if t_lin <= t_mm else "matmul"), tref,
                         weight_GBps=round(wbytes / ms / 1e6, 0),
                         frac_copy_bw=round(wbytes / ms / 1e6 / copy_bw, 2))
-                for g1 in (("gemv1",) if M == 1 else ()):
-                    ms = t_gpu(lambda: ks.matmul_int4(g1, x.data_ptr(), wp.data_ptr(),
+                if M == 1:
+                    ms = t_gpu(lambda: ks.matmul_int4("gemv1", x.data_ptr(), wp.data_ptr(),
                                                       sc.data_ptr(), c.data_ptr(), K, N, M, N,
                                                       K, G))
-                    row(f"matmul_int4_{g1}", f"M={M} N={N} K={K}", ms,
+                    row("matmul_int4_gemv1", f"M={M} N={N} K={K}", ms,
                         "torch f16 " + ("F.linear" if t_lin <= t_mm else "matmul"), tref,
                         weight_GBps=round(wbytes / ms / 1e6, 0),
                         frac_copy_bw=round(wbytes / ms / 1e6 / copy_bw, 2))

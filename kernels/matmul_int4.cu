@@ -109,7 +109,7 @@ MI4_GEMV(2, 1, 2, true)
 MI4_GEMV(2, 2, 2, false)
 
 extern "C" __global__ void __launch_bounds__(mwq::G1_NT, 3) matmul_int4_gemv1(MI4_ARGS) {
-    mwq::gemv1<1, false>(mi4_args(A, Wp, S, C, lda, ldc, M, N, K, gshift));
+    mwq::gemv1(mi4_args(A, Wp, S, C, lda, ldc, M, N, K, gshift));
 }
 
 extern "C" __global__ void __launch_bounds__(mwq::GM_NT, 2) matmul_int4_gemm(MI4_ARGS) {

@@ -342,8 +342,8 @@ __device__ __forceinline__ void gemv(const Args& p) {
 // one reads the way a copy does: a warp instruction loads 512 contiguous bytes (1024 k) of
 // ONE row, 16 bytes (32 k) per lane, and the arithmetic is f32 FMA (one token: the tensor
 // core would waste 7/8 of an mma).
-//   Block: 16 rows of one projection (NP projections: blockIdx.x / ceil(N/16) picks one), four
-//   groups of G1_RW = 4 rows; the 2 warps of a group take the rows' 1024-k chunks in turn.
+//   Block: 16 rows (p.w[0], p.s[0] -> f32 p.o[0]), four groups of G1_RW = 4 rows; the 2 warps
+//   of a group take the rows' 1024-k chunks in turn.
 //   Per chunk a lane loads its 32 k of the group's 4 rows (4 independent 16-byte loads in
 //   flight), their 4 scales (one 8-byte load when N % 4 == 0) and x[k..k+32) (L1/L2 hits: x is
 //   small and read by every block); it dequantises each word as the gemv does (i4_pairs, then
@@ -361,16 +361,13 @@ __device__ __forceinline__ void f16x2_to_f32(unsigned h, float& lo, float& hi) {
         : "r"(h));
 }
 
-template <int NP, bool F16OUT>
 __device__ __forceinline__ void gemv1(const Args& p) {
     __shared__ float part[G1_NT / 32][G1_RW];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int nb = (p.N + G1_ROWS - 1) / G1_ROWS;
-    const int pj = NP == 1 ? 0 : blockIdx.x / nb;                 // the projection
-    const int nblk = (blockIdx.x - pj * nb) * G1_ROWS;            // the block's first row
+    const int nblk = blockIdx.x * G1_ROWS;                        // the block's first row
     const int n0 = nblk + (warp / G1_WPG) * G1_RW;                // this warp's rows
-    const unsigned char* W = NP == 1 ? p.w[0] : pick3(p.w, pj);
-    const u16* S = NP == 1 ? p.s[0] : pick3(p.s, pj);
+    const unsigned char* W = p.w[0];
+    const u16* S = p.s[0];
     const long long rowb = (long long)p.K >> 1;                   // bytes per weight row
     const bool svec = (p.N & 3) == 0 && n0 + G1_RW <= p.N;        // 8-byte scale loads
     float acc[G1_RW];
@@ -434,13 +431,7 @@ __device__ __forceinline__ void gemv1(const Args& p) {
         float v = 0.f;
 #pragma unroll
         for (int w = 0; w < G1_WPG; ++w) v += part[G1_WPG * g + w][r];
-        void* O = NP == 1 ? p.o[0] : pick3(p.o, pj);
-        if (n < p.N) {
-            if (F16OUT)
-                reinterpret_cast<u16*>(O)[n] = f32_to_f16(v);
-            else
-                reinterpret_cast<float*>(O)[n] = v;
-        }
+        if (n < p.N) reinterpret_cast<float*>(p.o[0])[n] = v;
     }
 }
 

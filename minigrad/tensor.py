@@ -904,8 +904,6 @@ def to_args(who, arg, device, dtype) -> tuple:
             None if dtype is None else to_dtype(dtype))
 
 
-
-
 def _result_shape(shrunk_shape, index, is_array) -> tuple:
     """The shape after basic indexing: int-indexed axes dropped, a 1 for each None."""
     it, out = iter(shrunk_shape), []
