@@ -184,13 +184,25 @@ def _number(t, srcs: dict):
 
 
 def _run(lb: LazyBuffer):
-    srcs = [s.realized for s in lb.srcs]
-    if lb.op == "select":               # one output of a multi-output kernel
-        return srcs[0][lb.arg[0]]
-    if lb.op == "transfer":             # device -> host -> device
-        host = get_backend(lb.srcs[0].device).to_numpy(srcs[0])
-        return get_backend(lb.device).from_numpy(host)
-    return getattr(get_backend(lb.device), lb.op)(*lb.arg, *srcs)
+    op, srcs = lb.op, [s.realized for s in lb.srcs]
+    if op in _NOT_BACKEND_OPS:
+        if op == "select":              # one output of a multi-output kernel
+            return srcs[0][lb.arg[0]]
+        host = get_backend(lb.srcs[0].device).to_numpy(srcs[0])    # "transfer": device ->
+        return get_backend(lb.device).from_numpy(host)              # host -> device
+    return getattr(get_backend(lb.device), op)(*lb.arg, *srcs)
+
+
+_NOT_BACKEND_OPS = frozenset(("select", "transfer"))
+
+
+def _sources_ran(lb) -> bool:
+    # (a function, not a loop in realize: a loop variable left holding a source would
+    # count as a reference and keep fuse() from inlining it)
+    for s in lb.srcs:
+        if s.realized is None:
+            return False
+    return True
 
 
 def _eager_order(roots):
@@ -209,9 +221,11 @@ def _eager_order(roots):
             for s in head.srcs:
                 if s.realized is not None or id(s) in seen:
                     continue
-                if (s.op in ELEMENTWISE and head.op in ELEMENTWISE) or any(
-                        x.realized is None for x in s.srcs):
+                if s.op in ELEMENTWISE and head.op in ELEMENTWISE:
                     return None
+                for x in s.srcs:
+                    if x.realized is None:
+                        return None
                 seen.add(id(s))
                 order.append(s)
             seen.add(id(head))
@@ -223,6 +237,16 @@ def _eager_order(roots):
 
 
 def realize(*roots: LazyBuffer) -> None:
+    if len(roots) == 1 and not DEBUG and capture is None:
+        # eager style, `(x * 2).realize()`: one node whose sources have all run is the
+        # whole schedule (a select's parent has not run: it takes the path below)
+        r = roots[0]
+        if r.realized is not None:
+            return
+        if r.op != "select" and _sources_ran(r):
+            r.realized = _run(r)
+            r.srcs = ()
+            return
     order = _eager_order(roots)
     if order is None:
         order = schedule(roots)
@@ -232,6 +256,11 @@ def realize(*roots: LazyBuffer) -> None:
             if DEBUG >= 1 and n > len(order):
                 print(f"[minigrad] fused {n} ops into {len(order)}")
     if not order:
+        return
+    if not DEBUG and capture is None:      # the common case: run, then free the graph
+        for lb in order:
+            lb.realized = _run(lb)
+            lb.srcs = ()
         return
     if DEBUG >= 1:
         print(f"[minigrad] schedule: {len(order)} ops for {len(roots)} outputs")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import lazy
+from . import autograd, lazy
 from .autograd import Function
 from .dtype import bfloat16, float16, float32, int8, uint32
 from .tensor import Tensor, draw_seed
@@ -26,8 +26,8 @@ INT4_GROUP_SIZES = (32, 64, 128)
 
 def _kernel(name, inputs, shapes, dtypes, **params):
     """A graph node running kernel `name`; a tuple of tensors when it has several outputs."""
-    device = inputs[0].device
     srcs = [t.lazydata for t in inputs]
+    device = srcs[0].device
     if len(shapes) == 1:
         return Tensor._from_lazy(lazy.node("kernel", (name, params), srcs, shapes[0],
                                            dtypes[0], device))
@@ -60,13 +60,15 @@ def _same_device(op, **tensors):
 def _check_matmul(op, a, b, dtype):
     _tensor(op, "a", a, dtype, 2)
     _tensor(op, "b", b, dtype, 2)
-    sa, sb = a.lazydata.shape, b.lazydata.shape
+    la, lb = a.lazydata, b.lazydata
+    sa, sb = la.shape, lb.shape
     if len(sb) != 2:
         raise ValueError(f"{op}: b must be 2-D [K, N], got shape {sb}")
     if sa[-1] != sb[0]:
         raise ValueError(f"{op}: inner dimensions differ: a {sa} (K={sa[-1]}) "
                          f"and b {sb} (K={sb[0]})")
-    _same_device(op, a=a, b=b)
+    if la.device != lb.device:
+        _same_device(op, a=a, b=b)
 
 
 # --------------------------------------------------------------- matmul family --
@@ -77,7 +79,7 @@ class _MatmulTC(Function):
     def forward(ctx, a, b, name):
         ctx.save_for_backward(a, b)
         ctx.name = name
-        return _kernel(name, [a, b], [a.shape[:-1] + b.shape[-1:]], [float32])
+        return _matmul_node(name, a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -92,10 +94,17 @@ class _MatmulTC(Function):
         return da, db, None
 
 
+def _matmul_node(name, a, b):
+    return _kernel(name, [a, b], [a.lazydata.shape[:-1] + b.lazydata.shape[-1:]], [float32])
+
+
 def _matmul_op(name, dtype):
     def op(a, b):
         _check_matmul(name, a, b, dtype)
-        return _MatmulTC.apply(a, b, name)
+        if (a.requires_grad or b.requires_grad) and autograd._state.grad_enabled:
+            return _MatmulTC.apply(a, b, name)
+        return _matmul_node(name, a, b)     # no gradient will flow: the node alone, as
+                                            # Tensor._binary builds it
     op.__name__ = name
     op.__doc__ = (f"{name}(a, b): {dtype.name} [..., M, K] @ {dtype.name} [K, N] -> float32 "
                   f"[..., M, N] on tensor cores (f32 accumulate). Differentiable.")

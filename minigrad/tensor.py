@@ -49,24 +49,25 @@ def mix_seed(seed: int, call: int) -> int:
     return x ^ (x >> 31)
 
 
-_SCALARS: dict = {}     # (device, dtype, shape, const_key(value)) -> its "full" node
+_SCALARS: dict = {}     # (device, dtype, shape, const_key(value)) -> Tensor of its "full" node
 
 
-def _scalar_node(shape: tuple, value, dtype: DType, device: str) -> lazy.LazyBuffer:
-    """The node of a Python scalar operand, broadcast to `shape`, shared by every op
-    with the same constant: once one schedule has run it (a stride-0 view of one
-    element on either backend), `x * 1.0001` in a loop schedules and runs only the
-    multiply. Sharing is safe: a node never changes once realized."""
+def _scalar(shape: tuple, value, dtype: DType, device: str) -> "Tensor":
+    """A Python scalar operand broadcast to `shape`: a Tensor of a "full" node, shared by
+    every op with the same constant. Once one schedule has run the node (a stride-0 view
+    of one element on either backend), `x * 1.0001` in a loop schedules and runs only the
+    multiply. Sharing is safe: a node never changes once realized, and the Tensor stays
+    inside the ops (operands of Functions and nodes; `_const` gives callers their own)."""
     # const_key: the same rule as the CUDA backend's cache of constants (0.0 and -0.0
     # apart, NaN equal to itself)
     key = (device, dtype, shape, const_key(value))
-    lb = _SCALARS.get(key)
-    if lb is None:
+    t = _SCALARS.get(key)
+    if t is None:
         if len(_SCALARS) >= 4096:
             _SCALARS.clear()
-        lb = _SCALARS[key] = lazy.node("full", (shape, value, dtype), (), shape, dtype,
-                                       device)
-    return lb
+        t = _SCALARS[key] = Tensor._from_lazy(
+            lazy.node("full", (shape, value, dtype), (), shape, dtype, device))
+    return t
 
 
 def _shape_arg(shape) -> tuple:
@@ -322,8 +323,8 @@ class Tensor:
 
     def _const(self, value, dtype=None, shape=()) -> "Tensor":
         """A Python scalar as a tensor on this one's device."""
-        return Tensor._from_lazy(_scalar_node(tuple(shape), value,
-                                              dtype or self._scalar_dtype(value), self.device))
+        lb = _scalar(tuple(shape), value, dtype or self._scalar_dtype(value), self.device).lazydata
+        return Tensor._from_lazy(lb)
 
     def _pair(self, other, name) -> tuple:
         """Both operands as tensors of one dtype and one (broadcast) shape."""
@@ -334,7 +335,7 @@ class Tensor:
                 dtype = self._scalar_dtype(other)
                 a = self if dtype is self.lazydata.dtype else self.cast(dtype)
                 la = a.lazydata
-                return a, Tensor._from_lazy(_scalar_node(la.shape, other, dtype, la.device))
+                return a, _scalar(la.shape, other, dtype, la.device)
             else:
                 other = Tensor(other, device=self.device)
         la, lb = self.lazydata, other.lazydata
@@ -349,7 +350,8 @@ class Tensor:
 
     def _broadcast_to(self, shape: tuple) -> "Tensor":
         """expand() to a shape broadcast_shape() has already checked (no re-validation)."""
-        return self if self.lazydata.shape == shape else F.Expand.apply(self, shape)
+        return self if self.lazydata.shape == shape else \
+            self._movement(F.Expand, "expand", shape, shape)
 
     def _binary(self, fn, other, name, reverse=False, float_only=False):
         a, b = self._pair(other, name)
@@ -365,6 +367,15 @@ class Tensor:
         la = a.lazydata
         return Tensor._from_lazy(lazy.node("binary", (name,), (la, b.lazydata), la.shape,
                                            la.dtype, la.device))
+
+    def _movement(self, fn, op, arg, shape) -> "Tensor":
+        """The view `op` (reshape, permute, expand) with argument `arg`, giving `shape`:
+        through the Function `fn` when a gradient will flow, else just the node fn.forward
+        makes, as _binary does (a `.T` or a broadcast costs a third of its Function)."""
+        if self.requires_grad and autograd._state.grad_enabled:
+            return fn.apply(self, arg)
+        lb = self.lazydata
+        return self._from_lazy(lazy.node(op, (arg,), (lb,), shape, lb.dtype, lb.device))
 
     def _compare(self, other, op):
         a, b = self._pair(other, op)
@@ -494,7 +505,10 @@ class Tensor:
     def _squeeze_reduced(self, out, axes, keepdim) -> "Tensor":
         """A reduction's keepdim result `out` as the caller asked for it (no re-validation:
         the shape is the reduced one)."""
-        return out if keepdim else F.Reshape.apply(out, self._reduced_shape(axes, False))
+        if keepdim:
+            return out
+        shape = self._reduced_shape(axes, False)
+        return out._movement(F.Reshape, "reshape", shape, shape)
 
     def sum(self, axis=None, keepdim=False, dtype=None, *, dim=None) -> "Tensor":
         axis = _dim_arg(axis, dim, "sum")
@@ -568,7 +582,7 @@ class Tensor:
         if math.prod(shape) != self.numel() or any(s < 0 for s in shape):
             raise ValueError(f"reshape: cannot reshape {self.shape} ({self.numel()} "
                              f"elements) into {shape}")
-        return self if shape == self.shape else F.Reshape.apply(self, shape)
+        return self if shape == self.shape else self._movement(F.Reshape, "reshape", shape, shape)
 
     view = reshape
 
@@ -581,7 +595,8 @@ class Tensor:
         if tuple(sorted(order)) != identity:
             raise ValueError(f"permute: {order} is not a permutation of the "
                              f"{nd} axes of shape {self.shape}")
-        return F.Permute.apply(self, order)
+        shape = self.lazydata.shape
+        return self._movement(F.Permute, "permute", order, tuple([shape[i] for i in order]))
 
     def transpose(self, d0=-2, d1=-1) -> "Tensor":
         order = list(range(self.ndim))
@@ -591,8 +606,10 @@ class Tensor:
 
     @property
     def T(self) -> "Tensor":
-        nd = len(self.lazydata.shape)
-        return F.Permute.apply(self, (1, 0)) if nd == 2 else self.permute(*range(nd)[::-1])
+        shape = self.lazydata.shape
+        if len(shape) == 2:
+            return self._movement(F.Permute, "permute", (1, 0), (shape[1], shape[0]))
+        return self.permute(*range(len(shape))[::-1])
 
     def expand(self, *shape) -> "Tensor":
         shape = _shape_arg(shape)
@@ -610,7 +627,7 @@ class Tensor:
                 raise ValueError(f"expand: cannot expand shape {self.shape} to {shape}")
         if shape == self.shape:     # -1s (or sizes) that keep every axis: no node, as reshape
             return self
-        return F.Expand.apply(self, shape)       # (new leading dims too: one node)
+        return self._movement(F.Expand, "expand", shape, shape)   # (new leading dims too)
 
     def flatten(self, start=0, end=-1, *, start_dim=None, end_dim=None) -> "Tensor":
         start = _dim_arg(start, start_dim, "flatten", 0)

@@ -92,6 +92,32 @@ def test_gradients_match_formula_and_cpu(name, device, rng):
             assert _rel(y, x) < 1e-5
 
 
+@pytest.mark.parametrize("name", OPS)
+def test_without_gradients_the_op_is_its_node_alone(name, device, rng):
+    """With no gradient to record (operands that need none, or mg.no_grad) the op builds
+    its kernel node without the Function (ops._matmul_op): the node the Function builds,
+    the same values, no autograd context."""
+    dt = mg.float16 if OPS[name] is np.float16 else mg.bfloat16
+    a32, b32 = rng.standard_normal((3, 7, 10)), rng.standard_normal((10, 6))
+    op = getattr(mg.ops, name)
+
+    def run(grad, no_grad=False):
+        a = Tensor(a32.astype(np.float32), device=device, requires_grad=grad)
+        b = Tensor(b32.astype(np.float32), device=device, requires_grad=grad)
+        if no_grad:
+            with mg.no_grad():
+                return op(a.cast(dt), b.cast(dt))
+        return op(a.cast(dt), b.cast(dt))
+    plain, tracked, under_no_grad = run(False), run(True), run(True, no_grad=True)
+    assert plain._ctx is None and under_no_grad._ctx is None and tracked._ctx is not None
+    for t in (plain, under_no_grad):
+        lb, ref = t.lazydata, tracked.lazydata
+        assert (lb.op, lb.arg, lb.shape, lb.dtype, lb.device) == \
+            (ref.op, ref.arg, ref.shape, ref.dtype, ref.device) == \
+            ("kernel", (name, {}), (3, 7, 6), mg.float32, device)
+        np.testing.assert_array_equal(t.numpy(), tracked.numpy())
+
+
 def test_tensor_matmul_and_linear_use_the_kernels(device, rng):
     """f16 @ f16 is an f16 tensor-core product rounded once; nn.Linear computes in bf16
     on CUDA by default (f32 weights), in f32 on the CPU, and can be switched."""

@@ -118,7 +118,7 @@ def test_python_scalar_operands(device, op, rng):
 
 def test_scalar_constants_one_node_per_value(device):
     """Equal Python scalar operands share one constant node, and on CUDA one buffer:
-    tensor._scalar_node and the CUDA backend's `full` key them by one rule
+    tensor._scalar and the CUDA backend's `full` key them by one rule
     (backend.const_key). 0.0 and -0.0 stay apart, NaN finds its own node again, and
     2 and 2.0 are different constants (their nodes keep the value as given)."""
     x = Tensor([1.0, -2.0], device=device)
@@ -1345,6 +1345,37 @@ def test_binary_ops_without_gradients_compute_the_same_op(device, op):
         np.testing.assert_allclose(plain.numpy(), tracked.numpy(), rtol=1e-6)
         expected = {"maximum": np.maximum, "minimum": np.minimum}.get(op, f)(a_np, b_val)
         np.testing.assert_allclose(plain.numpy(), expected, rtol=1e-5)
+
+
+VIEW_OPS = {
+    "permute": lambda t: t.permute(2, 0, 1), "T": lambda t: t.T,
+    "transpose": lambda t: t.transpose(0, 1), "reshape": lambda t: t.reshape(4, -1),
+    "expand": lambda t: t[:, :1].expand(2, 3, 5, 4), "broadcast": lambda t: t + t[:1],
+    "sum (squeezed)": lambda t: t.sum(1), "mean": lambda t: t.mean((0, 2))}
+
+
+@pytest.mark.parametrize("op", list(VIEW_OPS))
+def test_view_ops_without_gradients_build_the_same_nodes(device, op):
+    # reshape, permute and expand skip their Function when no gradient will flow
+    # (Tensor._movement): the nodes must be the ones the Function builds, op, argument,
+    # shape and dtype, and compute the same values
+    x_np = np.random.default_rng(6).standard_normal((3, 5, 4)).astype(np.float32)
+    f = VIEW_OPS[op]
+
+    def nodes(t):           # the graph behind t, sources first, as (op, arg, shape, dtype)
+        out, stack = [], [t.lazydata]
+        while stack:
+            lb = stack.pop()
+            out.append((lb.op, lb.arg, lb.shape, lb.dtype))
+            stack.extend(lb.srcs)
+        return out[::-1]
+    plain = f(Tensor(x_np, device=device))
+    tracked = f(Tensor(x_np, device=device, requires_grad=True))
+    with mg.no_grad():
+        under_no_grad = f(Tensor(x_np, device=device, requires_grad=True))
+    assert plain._ctx is None and under_no_grad._ctx is None and tracked._ctx is not None
+    assert nodes(plain) == nodes(tracked) == nodes(under_no_grad)
+    np.testing.assert_array_equal(plain.numpy(), tracked.numpy())
 
 
 def test_no_grad_decorator(device):

@@ -47,7 +47,7 @@ REDUCE_OPS = ("sum", "max", "min")
 
 def const_key(value):
     """The cache key of a constant's value (`full`): one rule for both caches of
-    constants, the frontend's scalar nodes (tensor._scalar_node) and the CUDA backend's
+    constants, the frontend's scalar operands (tensor._scalar) and the CUDA backend's
     one-element buffers. Equal keys make equal constants. For a nonzero, non-NaN int or
     float (bool and NumPy's float64 included) the key is (type, value); else it is
     (type, repr(value)): 0.0 == -0.0 yet they are different constants, NaN is unequal

@@ -26,6 +26,7 @@ from . import ops_attention, ops_matmul, ops_quant, runtime
 from .views import collapse, contig_strides, is_contig, needs_idx64, reshape_strides
 
 _BLOCK = 256
+_PER_BLOCK = _BLOCK * cg.UNROLL   # elements per block of an elementwise kernel
 _I32 = 2 ** 31 - 1
 POISON = os.environ.get("MINIGRAD_CUDA_POISON") == "1"   # NaN/-1-fill new buffers (tests)
 
@@ -193,23 +194,23 @@ class CudaBackend:
             key.append(ctype)
             args.append(value)
         if flat:
-            dims, idx64 = (n,), n > _I32
+            ndim, idx64 = 1, n > _I32
         else:
             dims, strides, idx64 = _strided_layout(out, ins)
-        key = (*key, len(dims), idx64)
+            ndim = len(dims)
+            args += dims[1:]
+        key = (*key, ndim, idx64)
         fn = self._ew_fns.get(key)
         if fn is None:
             fn = self._ew_fns[key] = cg.elementwise(
                 expr, out.dtype, [x.dtype for x in ins], tuple(t for t, _ in scalars),
-                len(dims), idx64)
-        args += dims[1:]
+                ndim, idx64)
         args += strides
         replay = None
         if replay_scalars is not None and runtime.capture is not None:
             k = 2 + len(ins)
             replay = lambda: args[:k] + list(replay_scalars()) + args[k + len(scalars):]  # noqa: E731
-        runtime.launch(fn, min(-(-n // (_BLOCK * cg.UNROLL)), 1 << 20), _BLOCK, args,
-                       replay_args=replay)
+        runtime.launch(fn, min(-(-n // _PER_BLOCK), 1 << 20), _BLOCK, args, replay_args=replay)
         return out
 
     def _new(self, shape, dtype, expr, ins=(), scalars=(), replay_scalars=None):
@@ -271,7 +272,7 @@ class CudaBackend:
 
     def binary(self, op, a, b):
         out_dt = bool_ if op in _COMPARISONS else a.dtype
-        return self._new(a.shape, out_dt, cg.binary_expr(op, a.dtype), [a, b])
+        return self._ew(cg.binary_expr(op, a.dtype), self.empty(a.shape, out_dt), (a, b))
 
     def where(self, cond, a, b):
         return self._new(a.shape, a.dtype, "a0 ? a1 : a2", [cond, a, b])
@@ -399,7 +400,8 @@ class CudaBackend:
         return self._dense(x).view(shape, None) if st is None else x.view(shape, st)
 
     def permute(self, order, x):
-        return x.view(tuple(x.shape[i] for i in order), tuple(x.strides[i] for i in order))
+        shape, strides = x.shape, x.strides
+        return x.view(tuple([shape[i] for i in order]), tuple([strides[i] for i in order]))
 
     def expand(self, shape, x):
         shape = tuple(shape)

@@ -149,16 +149,18 @@ def unary_expr(op: str, dt: DType) -> str:
             "not": "(a0 == 0)"}[op]
 
 
-@functools.lru_cache(None)
+_BINARY = {"add": "a0 + a1", "sub": "a0 - a1", "mul": "a0 * a1", "div": "a0 / a1",
+           "pow": "powf(a0, a1)", "maximum": "mg_max(a0, a1)", "minimum": "mg_min(a0, a1)",
+           "lt": "a0 < a1", "le": "a0 <= a1", "gt": "a0 > a1", "ge": "a0 >= a1",
+           "eq": "a0 == a1", "ne": "a0 != a1", "and": "a0 & a1", "or": "a0 | a1",
+           "xor": "a0 ^ a1"}
+_BINARY_INT = {**_BINARY, "div": "mg_div(a0, a1)", "pow": "mg_pow(a0, a1)"}
+
+
 def binary_expr(op: str, dt: DType) -> str:
-    fl = dt.is_float
-    return {"add": "a0 + a1", "sub": "a0 - a1", "mul": "a0 * a1",
-            "div": "a0 / a1" if fl else "mg_div(a0, a1)",
-            "pow": "powf(a0, a1)" if fl else "mg_pow(a0, a1)",
-            "maximum": "mg_max(a0, a1)", "minimum": "mg_min(a0, a1)",
-            "lt": "a0 < a1", "le": "a0 <= a1", "gt": "a0 > a1", "ge": "a0 >= a1",
-            "eq": "a0 == a1", "ne": "a0 != a1",
-            "and": "a0 & a1", "or": "a0 | a1", "xor": "a0 ^ a1"}[op]
+    # (two tables, not a cached function: this runs for every binary op, and a dict
+    # lookup costs a quarter of an lru_cache call)
+    return (_BINARY if dt.is_float else _BINARY_INT)[op]
 
 
 @functools.lru_cache(None)
