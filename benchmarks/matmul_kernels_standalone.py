@@ -78,7 +78,7 @@ V_ONLY = ("sync8", "wgmma", "tma", "wgsync")
 # tiles of each Hopper family: wgmma 128 x t; tma n<BN>c<cluster size>; wgsync n256
 TILES = {"wgmma": (256, 128), "tma": ("n256c2", "n256c1", "n128c2", "n128c1"),
          "wgsync": ("n256", "n128")}
-WS_SMEM = {256: 197696, 128: 230512}      # MTW_WS_SMEM_N256 / _N128
+WS_SMEM = {256: 214144, 128: 214144}      # MTW_WS_SMEM_N256 / _N128
 TMA_ARGFMT = "Q" * 32 + "Pqqiiiiiii"
 WGSYNC_ARGFMT = "PPPqqqqqqiiiii"
 GROUP = {"tma": 8, "wgsync": 16}          # unit-rows per raster group (overridable: --group)
@@ -438,6 +438,9 @@ def check_cases(big):
         Case("40x520x24", 40, 520, 24),
         Case("2048x4096x256", 2048, 4096, 256),
         Case("pad8 1160x1000x520", 1160, 1000, 520, pad=8, cpad=1),
+        # the staged epilogue (K <= 1024, N >= 512) with an even, not 4-aligned ldc
+        # (float2 stores of the row segments) and a last column chunk cut by N
+        Case("300x530x200 ldc+4", 300, 530, 200, cpad=4),
     ]
     if big:
         cs.append(Case("4096x4096x4096", 4096, 4096, 4096))
@@ -449,7 +452,8 @@ def sanitize_cases():
             Case("pad8 [2]x100x90x70", 100, 90, 70, abatch=(2,), bbatched=True, pad=8, cpad=3),
             Case("136x264x72", 136, 264, 72),
             Case("[2,3]x33x20x17", 33, 20, 17, abatch=(2, 3)),
-            Case("pad8 [3]x130x264x136 B shared", 130, 264, 136, abatch=(3,), pad=8)]
+            Case("pad8 [3]x130x264x136 B shared", 130, 264, 136, abatch=(3,), pad=8),
+            Case("136x520x72 (staged epilogue)", 136, 520, 72)]
 
 
 def pad_to(v, m):

@@ -57,8 +57,8 @@
 //   Legal only under the 16-byte rule of matmul_tc.cu's _v kernels (lda, ldb, strideA,
 //   strideB multiples of 8 elements, A and B 16-byte aligned); M, N, K anything.
 //   tma, wgsync: block (384,1,1) = 3 warpgroups. Dynamic shared memory MTW_WS_SMEM_N256 =
-//     197696 B (4 stages of 48 KB + barriers + 1 KB of alignment) or MTW_WS_SMEM_N128 =
-//     230512 B (7 stages of 32 KB); raise the attribute first. Persistent grid:
+//     MTW_WS_SMEM_N128 = 214144 B (4 stages of 48 KB or 6 of 32 KB, barriers, 16 KB of
+//     epilogue scratch, 1 KB of alignment); raise the attribute first. Persistent grid:
 //     units = ceil(ceil(M/128)/CM) * ceil(N/BN) * batch (CM = cluster size, 1 for wgsync),
 //     grid = (CM * min(units, SMs / CM), 1, 1) (a multiple of CM; 66 2-CTA clusters of
 //     these kernels were co-resident on a 132-SM H200: cuOccupancyMaxActiveClusters).
@@ -103,8 +103,12 @@
 //       fence in the producer waits for loads in flight; setmaxnreg: 168 / 168.
 //   Persistent: CTA (cluster) c takes units c, c + grid/CM, ...; a unit's row of tiles
 //   and column are ordered in groups of `group` unit rows (L2 reuse). The epilogue
-//   stores the f32 tile straight from registers while the producer is already loading
-//   the next unit's stages. Clusters: barrier.cluster after the barrier init (so that no
+//   stores the f32 tile while the producer is already loading the next unit's stages:
+//   straight from registers (float2 stores, 8 rows per warp instruction), or, where K <=
+//   1024 and N >= 512 (the stores outweigh the MMA), staged through 2 KB of shared memory
+//   per warp and written as whole 128-byte row segments (store_acc_staged; H200, f16,
+//   M = 16384, K = 384: N = 1152 49 -> 42 us, N = 1536 57 -> 52 us; N = 384 and long K
+//   unchanged, so they keep the direct stores). Clusters: barrier.cluster after the barrier init (so that no
 //   remote arrival or multicast meets an uninitialised barrier) and before exit (so that
 //   none targets an exited CTA).
 //   wgmma_* (cp.async): 256 threads load all stages with cp.async (src-size zero fill),
@@ -229,6 +233,66 @@ __device__ __forceinline__ void store_acc(float* Cb, long long ldc, int M, int N
     }
 }
 
+// The warp-specialized kernels' epilogue goes through shared memory: a warp's 16 rows x
+// 32 columns of f32 at a time are written to its 2 KB of scratch (16-byte chunk c of row r
+// at chunk c ^ (r % 8): the accumulator layout's 8 rows per store then fall in distinct
+// banks) and read back as whole 128-byte row segments, so that each st.global.v4 writes 4
+// full 128-byte lines. Stored straight from the accumulator layout, each float2 store
+// touched 8 rows' sectors: at M = 16384, N = 1536, K = 384 the store alone took 52 us of
+// the product's 58 (2 TB/s; the MMA alone 21 us). Columns past N, rows past M are skipped;
+// without 16-byte alignment (ldc % 4, C) the row segment goes out in float2 or floats.
+#ifndef MTW_STAGED_MAX_KT
+#define MTW_STAGED_MAX_KT 16      // K steps of 128 bytes: K <= 1024 (16-bit), 2048 (int8)
+#endif
+#ifndef MTW_STAGED_MIN_N
+#define MTW_STAGED_MIN_N 512
+#endif
+template <int BN, class T>
+__device__ __forceinline__ void store_acc_staged(float* Cb, long long ldc, int M, int N, int r0,
+                                                 int n0, int wtid, const T (&acc)[BN / 2],
+                                                 float scale, unsigned scratch) {
+    const unsigned long long cb = reinterpret_cast<unsigned long long>(Cb);
+    const bool quad = ((ldc & 3) == 0) && ((cb & 15) == 0);
+    const bool pair = ((ldc & 1) == 0) && ((cb & 7) == 0);
+    const int lane = wtid & 31, w4 = wtid >> 5;
+    const int rw = r0 + w4 * 16;                      // this warp's first row
+#pragma unroll
+    for (int c = 0; c < BN / 32; ++c) {              // columns [32c, 32c + 32) of the tile
+        __syncwarp();                                 // the last chunk's reads are done
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = (lane >> 2) + 8 * h;
+#pragma unroll
+            for (int qq = 0; qq < 4; ++qq) {
+                const int q = 4 * c + qq, col = 8 * qq + 2 * (lane & 3);
+                const unsigned at = scratch + r * 128 + ((((col >> 2) ^ (r & 7))) << 4) +
+                                    (col & 3) * 4;
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" :: "r"(at),
+                             "f"(out_value(acc[4 * q + 2 * h], scale)),
+                             "f"(out_value(acc[4 * q + 2 * h + 1], scale)) : "memory");
+            }
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {                 // 4 rows of 128 bytes per instruction
+            const int r = 4 * i + (lane >> 3), ch = lane & 7;
+            float4 v;
+            asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                         : "r"(scratch + r * 128 + ((ch ^ (r & 7)) << 4)) : "memory");
+            const int row = rw + r, col = n0 + 32 * c + 4 * ch;
+            if (row >= M || col >= N) continue;
+            float* p = Cb + (long long)row * ldc + col;
+            if (quad && col + 3 < N) {
+                *reinterpret_cast<float4*>(p) = v;
+            } else {
+                mg_store2(p, 0, N - col, pair, v.x, v.y);
+                if (col + 2 < N) mg_store2(p, 2, N - col, pair, v.z, v.w);
+            }
+        }
+    }
+}
+
 template <class DT, bool AT, bool BT, int BN>
 __device__ __forceinline__ void gemm(const u16* __restrict__ A, const u16* __restrict__ B,
                                      float* __restrict__ C, long long lda, long long ldb,
@@ -317,12 +381,14 @@ template <int BN> struct WsCfg {
     static constexpr int A_BYTES = BM * BK * 2;                   // 16 KB
     static constexpr int B_BYTES = BN * BK * 2;                   // 32 / 16 KB
     static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-    static constexpr int STAGES = BN == 256 ? 4 : 7;              // as many as fit in 227 KB
+    static constexpr int STAGES = BN == 256 ? 4 : 6;              // as many as fit in 227 KB
     static constexpr int BAR_OFF = STAGES * STAGE_BYTES;          // full[S] then empty[S]
-    static constexpr int SMEM = 1024 + BAR_OFF + 16 * STAGES;     // + 1 KB to align to 1024
+    static constexpr int EPI_OFF = (BAR_OFF + 16 * STAGES + 127) / 128 * 128;
+    static constexpr int EPI_BYTES = 8 * 2048;                    // epilogue: 2 KB per consumer warp
+    static constexpr int SMEM = 1024 + EPI_OFF + EPI_BYTES;       // + 1 KB to align to 1024
 };
-static_assert(WsCfg<256>::SMEM == 197696 && WsCfg<128>::SMEM == 230512, "documented");
-static_assert(WsCfg<128>::SMEM <= 232448, "227 KB per block");
+static_assert(WsCfg<256>::SMEM == 214144 && WsCfg<128>::SMEM == 214144, "documented");
+static_assert(WsCfg<128>::SMEM <= 232448 && WsCfg<256>::SMEM <= 232448, "227 KB per block");
 
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
@@ -633,6 +699,8 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
     typename Elem<DT>::Acc acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+    // the staged epilogue where the output's stores outweigh its MMA (see store_acc_staged)
+    const bool staged = KT <= MTW_STAGED_MAX_KT && a.N >= MTW_STAGED_MIN_N;
     int s = 0;
     unsigned ph = 0;
     for (int u = unit0; u < units; u += ustep) {
@@ -671,7 +739,11 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
             else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
         }
-        store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale);
+        if (staged)
+            store_acc_staged<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc,
+                                 a.scale, sbase + CF::EPI_OFF + (wtid >> 5) * 2048 + cw * 8192);
+        else
+            store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale);
     }
 }
 
@@ -810,5 +882,5 @@ MTW_SYNC_SET(256)
 MTW_SYNC_SET(128)
 
 // Dynamic shared memory of the warp-specialized kernels (host: raise the attribute first).
-#define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 197696
-#define MTW_WS_SMEM_N128 (mtw::WsCfg<128>::SMEM)   // 230512
+#define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 214144
+#define MTW_WS_SMEM_N128 (mtw::WsCfg<128>::SMEM)   // 214144

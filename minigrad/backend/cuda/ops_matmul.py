@@ -67,7 +67,7 @@ _HOPPER_FILE = "matmul_tc_wgmma.cu"
 _BM = 128
 _SUM_THREADS = 256
 WS_THREADS = 384                       # warp-specialized kernels: producer + 2 consumer WGs
-WS_SMEM = {256: 197696, 128: 230512}   # MTW_WS_SMEM_N256 / _N128
+WS_SMEM = {256: 214144, 128: 214144}   # MTW_WS_SMEM_N256 / _N128
 TMA_GROUP = 8                          # unit-rows per raster group (measured, notes)
 WGSYNC_GROUP = 16
 # switches (tests, benchmark comparisons; env MINIGRAD_MATMUL_TMA=0 / _WGSYNC=0 turn the
