@@ -80,8 +80,11 @@ SPLIT_KMIN = 512        # shortest chunk: 8 wgmma / 16 mma.sync K tiles per bloc
 SPLIT_MAX = 16          # most chunks (bounds the workspace and its reduction)
 SPLIT_BLOCK_K = 128     # fixed cost of one block (pipeline fill, f32 tile store), as K
 SPLIT_LAUNCH_K = 512    # fixed cost of the extra launch for a short last chunk, as K
-SPLIT_SLAB_ELEMS = 4096  # each chunk's f32 slab (stored, then read by the sum) costs
-                         # M*N / SPLIT_SLAB_ELEMS K steps (~8 B/element at ~3 TB/s)
+SPLIT_SLAB_ELEMS = 1536  # each chunk's f32 slab (stored, then read by the sum) costs
+                         # M*N / SPLIT_SLAB_ELEMS K steps: a chunk's tile stores run at
+                         # ~2 TB/s from the accumulator layout (notes_matmul.md, session
+                         # 13), and at 4096 the 1536 x 384 weight gradients took 8 chunks
+                         # where 2 were 2-5 us faster (H200)
 SPLIT_GAIN = 0.75       # split only if the estimate drops to <= 3/4 of the unsplit one
 SPLIT_BATCH_MAX = 8     # batched products split (one launch per entry) up to this batch
 FORCE_SPLIT = None      # int: use exactly this many chunks (tests, benchmark sweeps)
