@@ -239,11 +239,11 @@ def _eager_order(roots):
 def realize(*roots: LazyBuffer) -> None:
     if len(roots) == 1 and not DEBUG and capture is None:
         # eager style, `(x * 2).realize()`: one node whose sources have all run is the
-        # whole schedule (a select's parent has not run: it takes the path below)
+        # whole schedule
         r = roots[0]
         if r.realized is not None:
             return
-        if r.op != "select" and _sources_ran(r):
+        if _sources_ran(r):
             r.realized = _run(r)
             r.srcs = ()
             return

@@ -75,7 +75,6 @@ _index_word = drv.mem_alloc(4)      # set by gather/scatter kernels on a bad ind
 index_flag = int(_index_word)
 drv.memset_d8(index_flag, 0, 4)
 _FAST = hasattr(drv.Function, "_launch_kernel")
-_DIRECT = _FAST and DEBUG < 3     # launch() packs and queues itself, no per-launch printing
 capture = None          # the mg.jit recording in progress (an object with .entries, .held)
 
 
@@ -280,9 +279,6 @@ def launch(function, grid, block, args, shared_mem: int = 0, replay_args=None,
     grid = (grid, 1, 1) if type(grid) is int else grid
     block = (block, 1, 1) if type(block) is int else tuple(block) + (1,) * (3 - len(block))
     on = side_stream if side else stream
-    if _DIRECT and capture is None:          # the common case, first and shortest
-        function._launch_kernel(grid, block, _pack(function.arg_format, *args), shared_mem, on)
-        return
     if DEBUG >= 3:
         t0 = time.perf_counter()
         function.prepared_async_call(grid, block, on, *args, shared_size=shared_mem)
