@@ -158,7 +158,8 @@ def main():
                 if args.sweep:
                     ref = torch_ms(lambda: ta.T @ tg, medians=5) if HAVE_TORCH else None
                     be = mg.device.get_backend("cuda")
-                    kind = "wgmma" if be.arch.startswith("sm_90") else "mma"
+                    kind = ("tma" if om.USE_TMA else "wgmma") if be.arch.startswith("sm_90") \
+                        else "mma"
                     auto = om.plan(k, n, m, 1, _sms(), kind)
                     for force in SWEEP + (None,):
                         om.FORCE_SPLIT = force

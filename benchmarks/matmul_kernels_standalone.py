@@ -78,8 +78,13 @@ V_ONLY = ("sync8", "wgmma", "tma", "wgsync")
 # tiles of each Hopper family: wgmma 128 x t; tma n<BN>c<cluster size>; wgsync n256
 TILES = {"wgmma": (256, 128), "tma": ("n256c2", "n256c1", "n128c2", "n128c1"),
          "wgsync": ("n256", "n128")}
-WS_SMEM = {256: 214144, 128: 214144}      # MTW_WS_SMEM_N256 / _N128
-TMA_ARGFMT = "Q" * 32 + "Pqqiiiiiii"
+WS_SMEM = {256: 215040, 128: 215040}      # MTW_WS_SMEM_N256 / _N128
+TMA_ARGFMT = "Q" * 48 + "Pqqiiiiiiiii"
+# C by TMA stores where the kernels stage their epilogue (K <= 1024, N >= 512) and the map
+# is legal (ldc % 4 == 0, C 16-byte aligned), as ops_matmul.tma_launcher does;
+# MTW_TMA_STORE=0 turns it off (then the staged st.global epilogue runs: A/B in one call),
+# MTW_TMA_STORE=always uses it wherever the map is legal (a probe of other shapes)
+TMA_STORE = os.environ.get("MTW_TMA_STORE", "1")
 WGSYNC_ARGFMT = "PPPqqqqqqiiiii"
 GROUP = {"tma": 8, "wgsync": 16}          # unit-rows per raster group (overridable: --group)
 ARGFMT = "PPPqqqqqqiiii"
@@ -285,7 +290,7 @@ def tensor_map(ptr, dt, dims, strides, box):
     raw = (ctypes.c_uint8 * 192)()
     addr = (ctypes.addressof(raw) + 63) & ~63
     r = _libcuda().cuTensorMapEncodeTiled(
-        ctypes.c_void_p(addr), 6 if dt == "f16" else 9, 3, ctypes.c_void_p(ptr),
+        ctypes.c_void_p(addr), {"f16": 6, "bf16": 9, "f32": 7}[dt], 3, ctypes.c_void_p(ptr),
         (ctypes.c_uint64 * 3)(*dims), (ctypes.c_uint64 * 2)(*strides),
         (ctypes.c_uint32 * 3)(*box), (ctypes.c_uint32 * 3)(1, 1, 1),
         0, 3, 3, 0)     # no interleave, SWIZZLE_128B, L2 promotion 256 B, OOB zero fill
@@ -323,7 +328,9 @@ def ws_grid(fam, tile, M, N, batch, slots):
 
 
 def launch(rt, fam, dt, layout, path, tile, a, b, c, lda, ldb, ldc, sA, sB, sC, M, N, K, batch,
-           group=None):
+           group=None, kchunk=0):
+    """One launch; with kchunk (tma only: split-K in the kernel) the batch entries are the
+    K chunks of one product, kchunk long, into slabs sC apart."""
     kname, threads, smem, bn = kernel_for(fam, dt, layout, path, tile)
     f = rt.func(kname, smem)
     g = group or GROUP.get(fam, 8)
@@ -333,10 +340,16 @@ def launch(rt, fam, dt, layout, path, tile, a, b, c, lda, ldb, ldc, sA, sB, sC, 
             raise RuntimeError(f"cuTensorMapEncodeTiled refused {kname} {M}x{N}x{K} lda={lda} "
                                f"ldb={ldb} sA={sA} sB={sB}")
         grid = (ws_grid(fam, tile, M, N, batch, rt.sms), 1, 1)
+        mc = None
+        rule = TMA_STORE == "always" or (-(-(kchunk or K) // 64) <= 16 and N >= 512)
+        if TMA_STORE != "0" and rule and N % 4 == 0 and ldc % 4 == 0 and int(c) % 16 == 0:
+            mc = tensor_map(int(c), "f32", (N, M, batch), (4 * ldc, 4 * (sC or M * ldc)),
+                            (32, 8, 1))
         f.prepared_async_call(grid, (threads, 1, 1), rt.stream, *([0] * (rt.pads[kname] // 8)),
-                              *ma, *mb, int(c), ldc, sC,
-                              M, N, K, batch, 1 if sA else 0, 1 if sB else 0, g, shared_size=smem)
-        return kname
+                              *ma, *mb, *(mc or [0] * 16), int(c), ldc, sC,
+                              M, N, K, batch, 1 if sA else 0, 1 if sB else 0, g,
+                              int(mc is not None), kchunk, shared_size=smem)
+        return kname + ("+tmastore" if mc else "")
     if fam == "wgsync":
         grid = (ws_grid(fam, tile, M, N, batch, rt.sms), 1, 1)
         f.prepared_async_call(grid, (threads, 1, 1), rt.stream, int(a), int(b), int(c), lda, ldb,
@@ -381,7 +394,7 @@ def tma_pad(cubin, kname):
         pos = -(-pos // sz) * sz
         want.append(pos)
         pos += sz
-    want = [pad, pad + 128] + want[32:]
+    want = [pad, pad + 128, pad + 256] + want[48:]
     got = [offs[i][0] for i in sorted(offs)]
     if got != want:
         raise RuntimeError(f"{kname}: parameter offsets {got}, expected {want}")
@@ -412,10 +425,11 @@ def storage(bits, trans, pad, dt):
 
 
 class Case:
-    def __init__(self, name, M, N, K, abatch=(), bbatched=False, pad=0, cpad=0):
+    def __init__(self, name, M, N, K, abatch=(), bbatched=False, pad=0, cpad=0, kchunk=0):
         self.name, self.M, self.N, self.K = name, M, N, K
         self.abatch, self.bbatched, self.pad, self.cpad = tuple(abatch), bbatched, pad, cpad
         self.batch = int(np.prod(self.abatch)) if self.abatch else 1
+        self.kchunk = kchunk        # tma only: one product cut into K chunks, slab each
 
 
 def check_cases(big):
@@ -441,6 +455,16 @@ def check_cases(big):
         # the staged epilogue (K <= 1024, N >= 512) with an even, not 4-aligned ldc
         # (float2 stores of the row segments) and a last column chunk cut by N
         Case("300x530x200 ldc+4", 300, 530, 200, cpad=4),
+        # its TMA stores (ldc % 4 == 0): rows and the last column chunk clipped by the
+        # map, padding columns of C untouched, batch entries sC apart
+        Case("300x530x200 ldc+6 (TMA store)", 300, 530, 200, cpad=6),
+        Case("[3]x70x520x64 B shared (TMA store)", 70, 520, 64, abatch=(3,)),
+        Case("[2]x130x600x136 ldc+8 (TMA store)", 130, 600, 136, abatch=(2,), bbatched=True,
+             pad=8, cpad=8),
+        # split-K in the kernel (kchunk): 3 chunks, the last one short and not a whole K
+        # step; with the TMA store (chunks <= 1024 of K, N >= 512)
+        Case("200x136x1000 kchunk 384", 200, 136, 1000, pad=8, cpad=1, kchunk=384),
+        Case("130x520x2100 kchunk 768 (TMA store)", 130, 520, 2100, kchunk=768),
     ]
     if big:
         cs.append(Case("4096x4096x4096", 4096, 4096, 4096))
@@ -453,7 +477,10 @@ def sanitize_cases():
             Case("136x264x72", 136, 264, 72),
             Case("[2,3]x33x20x17", 33, 20, 17, abatch=(2, 3)),
             Case("pad8 [3]x130x264x136 B shared", 130, 264, 136, abatch=(3,), pad=8),
-            Case("136x520x72 (staged epilogue)", 136, 520, 72)]
+            Case("136x520x72 (staged epilogue, TMA store)", 136, 520, 72),
+            Case("136x530x72 ldc+2 (staged epilogue)", 136, 530, 72, cpad=2),
+            Case("[2]x70x520x64 (TMA store)", 70, 520, 64, abatch=(2,), bbatched=True),
+            Case("130x520x1100 kchunk 512 (TMA store)", 130, 520, 1100, kchunk=512)]
 
 
 def pad_to(v, m):
@@ -474,11 +501,17 @@ def run_checks(rt, cases, families, dtypes, layouts, results, rng):
             abits, af = to16(a32, dt)
             bbits, bf = to16(b32, dt)
             t = time.time()
-            ref = np.matmul(af, bf).reshape(case.batch, M, N)
+            kc, nb = case.kchunk, case.batch
+            if kc:                      # slab j: the product over K chunk j
+                nb = -(-K // kc)
+                ref = np.stack([af[:, j * kc:(j + 1) * kc] @ bf[j * kc:(j + 1) * kc]
+                                for j in range(nb)])
+            else:
+                ref = np.matmul(af, bf).reshape(case.batch, M, N)
             tref = time.time() - t
             refn = float(np.linalg.norm(ref.astype(np.float64)))
             ldc = N + case.cpad
-            c_elems = case.batch * M * ldc
+            c_elems = nb * M * ldc
             c_gpu = drv.mem_alloc(max(4 * c_elems, 4))
             for layout in layouts:
                 at, bt = layout[0] == "t", layout[1] == "t"
@@ -497,7 +530,7 @@ def run_checks(rt, cases, families, dtypes, layouts, results, rng):
                 vec = vec_ok(int(a_gpu), int(b_gpu), lda, ldb, sA, sB)
                 runs = []
                 for fam in families:
-                    if not rt.has(fam):
+                    if not rt.has(fam) or (kc and fam != "tma"):
                         continue
                     if fam in HOPPER:
                         if vec:
@@ -510,7 +543,7 @@ def run_checks(rt, cases, families, dtypes, layouts, results, rng):
                     t = time.time()
                     try:
                         kname = launch(rt, fam, dt, layout, path, tile, a_gpu, b_gpu, c_gpu,
-                                       lda, ldb, ldc, sA, sB, M * ldc, M, N, K, case.batch)
+                                       lda, ldb, ldc, sA, sB, M * ldc, M, N, K, nb, kchunk=kc)
                         rt.stream.synchronize()
                     except Exception as e:   # a fault kills the context: report and stop
                         log(f"FAIL  {case.name:28s} {dt:4s} {layout} {fam}/{path}/{tile}: {e!r}")
@@ -518,7 +551,7 @@ def run_checks(rt, cases, families, dtypes, layouts, results, rng):
                     tk = time.time() - t
                     cbuf = np.empty(max(c_elems, 1), dtype=np.float32)
                     drv.memcpy_dtoh(cbuf, c_gpu)
-                    c = cbuf[:c_elems].reshape(case.batch, M, ldc)
+                    c = cbuf[:c_elems].reshape(nb, M, ldc)
                     out = c[:, :, :N]
                     nan = int(np.count_nonzero(~np.isfinite(out)))
                     padok = bool(np.all(c[:, :, N:].view(np.uint32) == 0xFFFFFFFF))

@@ -39,12 +39,18 @@
 //       4096^3 0.167 / 0.161 ms (kernel 0.103 ms) against 0.174 / 0.183 ms (1.05-1.13x).
 //
 // ARGUMENTS
-//   tma (PyCUDA format "Q"*pad/8 + "Q"*32 + "Pqqiiiiiii"):
-//     CUtensorMap tmA, tmB (128 B each, by value, __grid_constant__), float* C,
-//     int64 ldc, strideC, int M, N, K, batch, batA, batB, group.
+//   tma (PyCUDA format "Q"*pad/8 + "Q"*48 + "Pqqiiiiiiiii"):
+//     CUtensorMap tmA, tmB, tmC (128 B each, by value, __grid_constant__), float* C,
+//     int64 ldc, strideC, int M, N, K, batch, batA, batB, group, cmap, kchunk.
+//     cmap = 1: C is written by TMA stores through tmC (see the epilogue below; tmC is
+//       ignored, and may be zeros, when cmap = 0).
+//     kchunk > 0 (split-K in one launch): batch entry j is the K chunk [j*kchunk,
+//       min(K, (j+1)*kchunk)) of one product, written to C + j*strideC; kchunk a multiple
+//       of the K step (64 f16/bf16, 128 int8), batch = ceil(K / kchunk) (no empty chunk),
+//       batA = batB = 0, the maps over the whole K (the last chunk's tail is TMA's zeros).
 //     PADDING: a 64-byte-aligned parameter sits at a 64-byte-aligned constant-bank
 //     address and sm_90 parameters start at bank offset 0x210, so tmA is at parameter
-//     offset 48 (cubin .nv.info EIATTR_KPARAM_INFO; 0x164 bytes in all). A launcher that
+//     offset 48 (cubin .nv.info EIATTR_KPARAM_INFO). A launcher that
 //     packs the parameter buffer itself (PyCUDA) must put 48 bytes before tmA; read the
 //     offset from the cubin (minigrad/backend/cuda/ops_matmul.py: tma_pad, kparam_offsets).
 //   wgsync (format "PPPqqqqqqiiiii"): A, B, C, lda, ldb, ldc, strideA, strideB, strideC,
@@ -57,8 +63,9 @@
 //   Legal only under the 16-byte rule of matmul_tc.cu's _v kernels (lda, ldb, strideA,
 //   strideB multiples of 8 elements, A and B 16-byte aligned); M, N, K anything.
 //   tma, wgsync: block (384,1,1) = 3 warpgroups. Dynamic shared memory MTW_WS_SMEM_N256 =
-//     MTW_WS_SMEM_N128 = 214144 B (4 stages of 48 KB or 6 of 32 KB, barriers, 16 KB of
-//     epilogue scratch, 1 KB of alignment); raise the attribute first. Persistent grid:
+//     MTW_WS_SMEM_N128 = 215040 B (4 stages of 48 KB or 6 of 32 KB, barriers, 16 KB of
+//     epilogue scratch 1024-aligned, 1 KB of alignment); raise the attribute first.
+//     Persistent grid:
 //     units = ceil(ceil(M/128)/CM) * ceil(N/BN) * batch (CM = cluster size, 1 for wgsync),
 //     grid = (CM * min(units, SMs / CM), 1, 1) (a multiple of CM; 66 2-CTA clusters of
 //     these kernels were co-resident on a 132-SM H200: cuOccupancyMaxActiveClusters).
@@ -108,7 +115,13 @@
 //   1024 and N >= 512 (the stores outweigh the MMA), staged through 2 KB of shared memory
 //   per warp and written as whole 128-byte row segments (store_acc_staged; H200, f16,
 //   M = 16384, K = 384: N = 1152 49 -> 42 us, N = 1536 57 -> 52 us; N = 384 and long K
-//   unchanged, so they keep the direct stores). Clusters: barrier.cluster after the barrier init (so that no
+//   unchanged, so they keep the direct stores). In the TMA kernels, where the host gives
+//   a map of C (cmap: the same rule, N % 4 == 0 - a 16-byte chunk cut by N was written
+//   whole, past N -, ldc % 4 == 0, C 16-byte aligned; f32 {N, M, batch}, box {32, 8, 1},
+//   128-byte swizzle), the staged blocks go out by TMA stores instead (store_acc_tma:
+//   the warps do not issue the stores; H200, same shapes, in one call: N = 1152 42.1 ->
+//   39.7-39.9 us, N = 1536 53.8 -> 50.3-50.7 (n128c1), 51.5 -> 50.4 (n256c2); always
+//   using it was slower at N = 384, K = 384: 22.6 -> 25.1). Clusters: barrier.cluster after the barrier init (so that no
 //   remote arrival or multicast meets an uninitialised barrier) and before exit (so that
 //   none targets an exited CTA).
 //   wgmma_* (cp.async): 256 threads load all stages with cp.async (src-size zero fill),
@@ -383,11 +396,12 @@ template <int BN> struct WsCfg {
     static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr int STAGES = BN == 256 ? 4 : 6;              // as many as fit in 227 KB
     static constexpr int BAR_OFF = STAGES * STAGE_BYTES;          // full[S] then empty[S]
-    static constexpr int EPI_OFF = (BAR_OFF + 16 * STAGES + 127) / 128 * 128;
+    static constexpr int EPI_OFF = (BAR_OFF + 16 * STAGES + 1023) / 1024 * 1024;   // (the C
+                                                  // box's 128-byte swizzle: 1024-B aligned)
     static constexpr int EPI_BYTES = 8 * 2048;                    // epilogue: 2 KB per consumer warp
     static constexpr int SMEM = 1024 + EPI_OFF + EPI_BYTES;       // + 1 KB to align to 1024
 };
-static_assert(WsCfg<256>::SMEM == 214144 && WsCfg<128>::SMEM == 214144, "documented");
+static_assert(WsCfg<256>::SMEM == 215040 && WsCfg<128>::SMEM == 215040, "documented");
 static_assert(WsCfg<128>::SMEM <= 232448 && WsCfg<256>::SMEM <= 232448, "227 KB per block");
 
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
@@ -428,6 +442,62 @@ __device__ __forceinline__ void tma_load_mc(unsigned dst, const TmaDesc* map, un
                  ".multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;\n"
                  :: "r"(dst), "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(mask)
                  : "memory");
+}
+// C's box {32 columns, 8 rows, 1} from shared memory at src, clipped to the tensor
+__device__ __forceinline__ void tma_store(const TmaDesc* map, unsigned src, int c0, int c1,
+                                          int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group"
+                 " [%0, {%1, %2, %3}], [%4];\n"
+                 :: "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(src) : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// until at most N of this thread's stores still read shared memory / none is in flight
+template <int N> __device__ __forceinline__ void tma_store_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory");
+}
+__device__ __forceinline__ void tma_store_wait_all() {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+// The TMA kernels' epilogue where the staged rule holds and the host gave a map of C
+// (cmap: f32, {N, M, batch}, box {32, 8, 1}, 128-byte swizzle). Each 8-row x 32-column
+// block of a warp's 16 x BN rows goes into one of two 1 KB halves of the warp's 2 KB
+// scratch, laid out as that box is in shared memory (16-byte chunk c of row r at chunk
+// c ^ r: also bank-conflict-free for the accumulator layout's 8 rows per store), and out
+// by one TMA store. The warp does not wait for the write: it fills the other half, and
+// after the tile it goes on to the next unit's wgmma while the TMA unit writes, so the
+// stores overlap the MMA instead of following it (store_acc_staged's st.global.v4 issue
+// from the same warps). A half is refilled once the store that read it has read it
+// (wait_group.read 1: the other half's store may still be reading). The map clips rows
+// past M and columns past N.
+template <int BN, class T>
+__device__ __forceinline__ void store_acc_tma(const TmaDesc* map, int bat, int M, int N, int r0,
+                                              int n0, int wtid, const T (&acc)[BN / 2],
+                                              float scale, unsigned scratch) {
+    const int lane = wtid & 31, rw = r0 + (wtid >> 5) * 16;   // this warp's first row
+    const int r = lane >> 2;                                  // its row in each block
+    if (rw >= M) return;
+#pragma unroll
+    for (int c = 0; c < BN / 32; ++c) {              // columns [32c, 32c + 32) of the tile
+        if (n0 + 32 * c >= N) break;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {                 // rows [8h, 8h + 8) of the warp's 16
+            const unsigned buf = scratch + h * 1024;
+            if (lane == 0) tma_store_wait_read<1>();
+            __syncwarp();
+#pragma unroll
+            for (int qq = 0; qq < 4; ++qq) {
+                const int q = 4 * c + qq, col = 8 * qq + 2 * (lane & 3);
+                const unsigned at = buf + r * 128 + (((col >> 2) ^ r) << 4) + (col & 3) * 4;
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" :: "r"(at),
+                             "f"(out_value(acc[4 * q + 2 * h], scale)),
+                             "f"(out_value(acc[4 * q + 2 * h + 1], scale)) : "memory");
+            }
+            mg_fence_proxy_async();                   // these writes -> the TMA unit's reads
+            __syncwarp();
+            if (lane == 0 && rw + 8 * h < M) tma_store(map, buf, n0 + 32 * c, rw + 8 * h, bat);
+        }
+    }
 }
 __device__ __forceinline__ unsigned cluster_rank() {
     unsigned r;
@@ -507,7 +577,19 @@ struct WsArgs {
     long long lda, ldb, ldc, sA, sB, sC;
     int M, N, K, batch, batA, batB, group;
     float scale;                                // int8: C = f32(acc) * scale
+    const TmaDesc* tmC;                         // TMA kernels: C's map, used when cmap
+    int cmap;                                   // 1: the epilogue stores through tmC
+    int kchunk;                                 // TMA kernels, split-K: batch entry j is
+                                                // K chunk [j*kchunk, (j+1)*kchunk) of one
+                                                // product (slab j of C); 0: a batch
 };
+
+// A unit's K steps: all of K, or (kchunk) its batch entry's chunk of it, from k_first
+__device__ __forceinline__ int unit_k_steps(const WsArgs& a, int bat, int KE, int& k_first) {
+    if (!a.kchunk) { k_first = 0; return (a.K + KE - 1) / KE; }
+    k_first = bat * a.kchunk;
+    return (min(a.kchunk, a.K - k_first) + KE - 1) / KE;
+}
 
 // Producer, TMA: one thread. Boxes (host-encoded, 3-d maps {inner, outer, batch}):
 // A 'n' 64 k x 128 m; A 't' 64 m x 64 k (two per tile); B 't' 64 k x BN/CM n (one per
@@ -515,7 +597,7 @@ struct WsArgs {
 template <bool AT, bool BT, int BN, int CM, int KE>
 __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>& sc,
                                             unsigned sbase, unsigned rank, int units,
-                                            int unit0, int ustep, int KT) {
+                                            int unit0, int ustep) {
     using CF = WsCfg<BN>;
     constexpr int S = CF::STAGES;
     constexpr unsigned short MASK = (1u << CM) - 1;
@@ -527,13 +609,15 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
     for (int u = unit0; u < units; u += ustep) {
         int bat, m0, n0;
         sc.coords(u, rank, bat, m0, n0);
-        const int ba = bat * a.batA, bb = bat * a.batB;
+        const int ba = bat * a.batA, bb = bat * a.batB;   // (0 and 0 with kchunk)
+        int k_first;
+        const int KT = unit_k_steps(a, bat, KE, k_first);
         for (int kt = 0; kt < KT; ++kt) {
             mbar_wait(empty0 + 8 * s, ph ^ 1);          // every consumer of the cluster is done
             const unsigned full = full0 + 8 * s;
             mbar_expect_tx(full, CF::STAGE_BYTES);      // own A + all of B (peer's half too)
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
-            const int k0 = kt * KE;                     // (KE elements = 128 bytes of K)
+            const int k0 = k_first + kt * KE;           // (KE elements = 128 bytes of K)
             if (!AT) {
                 tma_load(sa, a.tmA, full, k0, m0, ba);
             } else {
@@ -689,7 +773,7 @@ __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>&
 // Consumer warpgroup cw (0 or 1): rows [64 cw, 64 cw + 64) of each 128 x BN tile, one
 // m64nBNk16 wgmma per 16 of K; releases a stage once the wgmma that read it is done
 // (wgmma.wait_group 1 after issuing the next), f32 tile stored straight from registers.
-template <class DT, bool AT, bool BT, int BN, int CM, bool FENCE>
+template <class DT, bool AT, bool BT, int BN, int CM, bool TMA>
 __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc,
                                         unsigned sbase, unsigned rank, int units, int unit0,
                                         int ustep, int KT, int cw, int wtid) {
@@ -704,12 +788,13 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
     int s = 0;
     unsigned ph = 0;
     for (int u = unit0; u < units; u += ustep) {
-        int bat, m0, n0;
+        int bat, m0, n0, k_first;
         sc.coords(u, rank, bat, m0, n0);
+        const int unit_kt = TMA ? unit_k_steps(a, bat, Elem<DT>::KE, k_first) : KT;
         int sprev = 0;
-        for (int kt = 0; kt < KT; ++kt) {
+        for (int kt = 0; kt < unit_kt; ++kt) {
             mbar_wait(full0 + 8 * s, ph);
-            if (FENCE) mg_fence_proxy_async();      // the producer's st.shared -> wgmma's reads
+            if (!TMA) mg_fence_proxy_async();       // the producer's st.shared -> wgmma's reads
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
             mg_reg_fence(acc);
             mg_wgmma_fence();
@@ -739,12 +824,18 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
             else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
         }
-        if (staged)
+        const unsigned scratch = sbase + CF::EPI_OFF + (wtid >> 5) * 2048 + cw * 8192;
+        if (TMA && a.cmap)
+            store_acc_tma<BN>(a.tmC, bat, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale,
+                              scratch);
+        else if (staged)
             store_acc_staged<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc,
-                                 a.scale, sbase + CF::EPI_OFF + (wtid >> 5) * 2048 + cw * 8192);
+                                 a.scale, scratch);
         else
             store_acc<BN>(a.C + bat * a.sC, a.ldc, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale);
     }
+    // the last stores must have read the scratch before the CTA's shared memory goes
+    if (TMA && a.cmap && (wtid & 31) == 0) tma_store_wait_all();
 }
 
 template <class DT, bool AT, bool BT, int BN, int CM, bool TMA>
@@ -768,12 +859,12 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
     sc.init(a.M, a.N, a.group);
     const int units = sc.per_batch * a.batch;
     constexpr int KE = Elem<DT>::KE;
-    const int KT = (a.K + KE - 1) / KE;
+    const int KT = ((a.kchunk ? min(a.K, a.kchunk) : a.K) + KE - 1) / KE;   // (of a whole chunk)
     const int unit0 = blockIdx.x / CM, ustep = gridDim.x / CM;
     if (tid < 128) {
         if constexpr (TMA) {
             setmaxnreg_dec<40>();
-            if (tid == 0) produce_tma<AT, BT, BN, CM, KE>(a, sc, sbase, rank, units, unit0, ustep, KT);
+            if (tid == 0) produce_tma<AT, BT, BN, CM, KE>(a, sc, sbase, rank, units, unit0, ustep);
         } else {
             setmaxnreg_dec<WS_LDG_PRODUCER_REGS>();
             produce_ldg<AT, BT, BN>(a, sc, sbase, units, unit0, ustep, KT, tid);
@@ -781,8 +872,8 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
     } else {
         if constexpr (TMA) setmaxnreg_inc<232>();
         else               setmaxnreg_inc<WS_LDG_CONSUMER_REGS>();
-        consume<DT, AT, BT, BN, CM, !TMA>(a, sc, sbase, rank, units, unit0, ustep, KT,
-                                    (tid >> 7) - 1, tid & 127);
+        consume<DT, AT, BT, BN, CM, TMA>(a, sc, sbase, rank, units, unit0, ustep, KT,
+                                   (tid >> 7) - 1, tid & 127);
     }
     if (CM > 1) cluster_sync();
 }
@@ -818,10 +909,11 @@ MTW_TILE(128)
 #define MTW_TMA_ENTRY(NAME, DT, AT, BT, BN, CM, ATTR)                                         \
     extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) ATTR NAME(               \
         const __grid_constant__ mtw::TmaDesc tmA, const __grid_constant__ mtw::TmaDesc tmB,  \
-        float* __restrict__ C, long long ldc, long long sC, int M, int N, int K, int batch,   \
-        int batA, int batB, int group) {                                                      \
+        const __grid_constant__ mtw::TmaDesc tmC, float* __restrict__ C, long long ldc,       \
+        long long sC, int M, int N, int K, int batch, int batA, int batB, int group,          \
+        int cmap, int kchunk) {                                                               \
         const mtw::WsArgs a{&tmA, &tmB, nullptr, nullptr, C, 0, 0, ldc, 0, 0, sC,             \
-                            M, N, K, batch, batA, batB, group};                               \
+                            M, N, K, batch, batA, batB, group, 1.f, &tmC, cmap, kchunk};      \
         mtw::ws_gemm<DT, AT, BT, BN, CM, true>(a, mtw_dyn_smem);                         \
     }
 #define MTW_SYNC_ENTRY(NAME, DT, AT, BT, BN)                                                   \
@@ -830,7 +922,7 @@ MTW_TILE(128)
         float* __restrict__ C, long long lda, long long ldb, long long ldc, long long sA,     \
         long long sB, long long sC, int M, int N, int K, int batch, int group) {              \
         const mtw::WsArgs a{nullptr, nullptr, A, B, C, lda, ldb, ldc, sA, sB, sC,             \
-                            M, N, K, batch, 1, 1, group};                                     \
+                            M, N, K, batch, 1, 1, group, 1.f, nullptr, 0, 0};                 \
         mtw::ws_gemm<DT, AT, BT, BN, 1, false>(a, mtw_dyn_smem);                         \
     }
 #define MTW_CLUSTER2 __cluster_dims__(2, 1, 1)
@@ -857,10 +949,11 @@ MTW_TMA_SET(n128c1, 128, 1, MTW_NOATTR)
 #define MTW_TMA_S8_ENTRY(NAME, BN, CM, ATTR)                                                  \
     extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) ATTR NAME(               \
         const __grid_constant__ mtw::TmaDesc tmA, const __grid_constant__ mtw::TmaDesc tmB,  \
-        float* __restrict__ C, long long ldc, long long sC, int M, int N, int K, int batch,   \
-        int batA, int batB, int group, float scale) {                                         \
+        const __grid_constant__ mtw::TmaDesc tmC, float* __restrict__ C, long long ldc,       \
+        long long sC, int M, int N, int K, int batch, int batA, int batB, int group,          \
+        int cmap, int kchunk, float scale) {                                                  \
         const mtw::WsArgs a{&tmA, &tmB, nullptr, nullptr, C, 0, 0, ldc, 0, 0, sC,             \
-                            M, N, K, batch, batA, batB, group, scale};                        \
+                            M, N, K, batch, batA, batB, group, scale, &tmC, cmap, kchunk};    \
         mtw::ws_gemm<MgS8, false, true, BN, CM, true>(a, mtw_dyn_smem);                        \
     }
 MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n256c2, 256, 2, MTW_CLUSTER2)
@@ -882,5 +975,5 @@ MTW_SYNC_SET(256)
 MTW_SYNC_SET(128)
 
 // Dynamic shared memory of the warp-specialized kernels (host: raise the attribute first).
-#define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 214144
-#define MTW_WS_SMEM_N128 (mtw::WsCfg<128>::SMEM)   // 214144
+#define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 215040
+#define MTW_WS_SMEM_N128 (mtw::WsCfg<128>::SMEM)   // 215040

@@ -188,24 +188,31 @@ def test_split_chunk_arithmetic():
                 assert kc - kt < -(-k // s)                 # kc is ceil(k/s) rounded up
 
 
-@pytest.mark.parametrize("kernel,kt,slots", [("wgmma", 64, 132), ("mma", 32, 264)])
+@pytest.mark.parametrize("kernel,kt,slots", [("tma", 64, 132), ("wgmma", 64, 132),
+                                              ("mma", 32, 264)])
 def test_split_plan_transformer_shapes(kernel, kt, slots):
     """At the transformer shapes (132 SMs: H100 SXM and H200) dB splits; the forward and
-    dA (M = 16384 rows of tiles) never split."""
+    dA (M = 16384 rows of tiles) never split. Chunk counts that leave a short last chunk
+    lose where it is a second launch, and are chosen where it is not (TMA): 36 tiles of
+    the 1536 x 384 weight gradients in 3 chunks (108 blocks) rather than 2 (72)."""
     om = _om()
     for m, n, k in TRANSFORMER:
         for mm, nn_, kk, splits in ((m, n, k, False), (m, k, n, False), (k, n, m, True)):
             bn, s, kc = om.plan(mm, nn_, kk, 1, 132, kernel)
-            assert bn in ((128, 256) if kernel == "wgmma" else (128,))
+            assert bn in ((128,) if kernel == "mma" else (128, 256))
             if not splits:
                 assert s == 1 and kc == kk
                 continue
             full, rem = divmod(kk, kc)
             tiles = -(-mm // 128) * -(-nn_ // bn)
             assert s >= 2 and s == full + (rem > 0) and s <= om.SPLIT_MAX and bn == 128
-            assert rem == 0          # K = 16384: a chunk count that divides it wins
             assert kc % kt == 0 and kc >= om.SPLIT_KMIN
             assert tiles < slots / 2 and tiles * s <= slots * 4  # < half full; <= 4 waves
+            if kernel != "tma":
+                assert rem == 0      # K = 16384: a chunk count that divides it wins
+            else:
+                assert tiles * s <= slots                       # one wave
+                assert tiles != 36 or s == 3
 
 
 def test_split_plan_leaves_full_outputs_alone():
@@ -239,7 +246,7 @@ class _FakeGPU:
     def __init__(self, arch, sms=132, arena=96 << 20):
         self.arch, self.multiprocessors, self.kernels, self.launches = arch, sms, {}, []
         self.mem = np.zeros(arena, np.uint8)
-        self.allocs, self.top, self.maps = [], 0, 0
+        self.allocs, self.top, self.maps, self.cmaps = [], 0, 0, []
 
     def empty(self, shape, dtype):
         nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -334,18 +341,23 @@ class _FakeGPU:
 
     # TMA tensor maps: the stand-in "encodes" its arguments into the 16 words after
     # checking the driver's documented rules; the launch decodes them.
+    CODES = {"f16": 6, "bf16": 9, "f32": 7}
+
     def tensor_map(self, ptr, dt, dims, strides, box):
-        assert dt in ("f16", "bf16") and len(dims) == 3 and len(strides) == 2 and len(box) == 3
+        size = {"f32": 4}.get(dt, 2)
+        assert dt in self.CODES and len(dims) == 3 and len(strides) == 2 and len(box) == 3
         assert ptr % 16 == 0 and all(1 <= d <= 2 ** 32 for d in dims)
         assert all(x % 16 == 0 and 0 < x < 2 ** 40 for x in strides)
-        assert all(1 <= b <= 256 for b in box) and box[0] * 2 <= 128      # 128-byte swizzle
-        self.maps += 1
-        return (ptr, 6 if dt == "f16" else 9, *dims, *strides, *box, 0, 0, 0, 0, 0, 0)
+        assert all(1 <= b <= 256 for b in box) and box[0] * size <= 128   # 128-byte swizzle
+        self.maps += dt != "f32"        # (operand maps; C's is counted by the launch)
+        return (ptr, self.CODES[dt], *dims, *strides, *box, 0, 0, 0, 0, 0, 0)
 
     def _map_view(self, words, npdt, bat):
         ptr, code, d0, d1, d2, s1, s2, b0, b1, b2 = words[:10]
-        assert code == (6 if npdt is np.float16 else 9) and bat < d2 and b2 == 1
-        return self.arr(ptr + bat * s2, npdt, (d1, d0), (s1 // 2, 1)), (b0, b1)
+        it = np.dtype(npdt).itemsize
+        assert code == {np.float16: 6, np.float32: 7}.get(npdt, 9) and bat < d2 and b2 == 1
+        assert s1 % it == 0
+        return self.arr(ptr + bat * s2, npdt, (d1, d0), (s1 // it, 1)), (b0, b1)
 
     def _launch_ws(self, fn, groups, grid, block, args, smem):
         om = _om()
@@ -356,11 +368,20 @@ class _FakeGPU:
         npdt = np.float16 if dt == "f16" else ml_dtypes.bfloat16
         if kind == "tma":
             pad = self.tma_param_pad // 8
-            assert fn.fmt == "Q" * pad + om.TMA_ARGS and len(args) == pad + 42
+            assert fn.fmt == "Q" * pad + om.TMA_ARGS and len(args) == pad + 60
             assert args[:pad] == [0] * pad
             args = args[pad:]
-            ma, mb = args[:16], args[16:32]
-            C, ldc, sC, M, N, K, batch, batA, batB, group = args[32:]
+            ma, mb, mc = args[:16], args[16:32], args[32:48]
+            C, ldc, sC, M, N, K, batch, batA, batB, group, cmap, kchunk = args[48:]
+            if kchunk:      # split-K in the kernel: batch = the chunks, each with its slab
+                assert kchunk % 64 == 0 and batch == -(-K // kchunk) and batA == batB == 0
+                assert sC == M * N
+            # TMA stores of C exactly where the kernel stages its epilogue (its header)
+            assert cmap == int(-(-(kchunk or K) // 64) <= 16 and N >= 512 and ldc % 4 == 0
+                               and C % 16 == 0)
+            self.cmaps.append(cmap)
+            if not cmap:
+                assert mc == [0] * 16
         else:
             assert fn.fmt == om.WGSYNC_ARGS
             A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch, group = args
@@ -378,10 +399,16 @@ class _FakeGPU:
                 assert box == ((64, bn // cm) if lb == "t" else (64, 64))
                 b = b.T if lb == "t" else b              # 't' (K, N) -> [N, K]; 'n' (N, K)
                 assert a.shape == (M, K) and b.shape == (K, N)
+                if kchunk:
+                    a, b = a[:, bat * kchunk:][:, :kchunk], b[bat * kchunk:][:kchunk]
             else:
                 a = self.arr(A + 2 * bat * sA, npdt, (M, K), (lda, 1) if la == "n" else (1, lda))
                 b = self.arr(B + 2 * bat * sB, npdt, (K, N), (ldb, 1) if lb == "n" else (1, ldb))
             c = self.arr(C + 4 * bat * sC, np.float32, (M, N), (ldc, 1))
+            if kind == "tma" and cmap:      # written through the map: it must be C
+                c, box = self._map_view(mc, np.float32, bat)
+                assert box == (32, 8) and mc[:3] == [C, 7, N] and mc[3:6] == [M, batch, 4 * ldc]
+                assert batch == 1 or mc[6] == 4 * sC
             c[...] = a.astype(np.float64) @ b.astype(np.float64)
 
 
@@ -441,12 +468,12 @@ def test_split_launcher_emulated(case, arch, pipelined, monkeypatch, rng):
     kernel = ("wgmma" if "wgmma" in e0 or "_tma_" in e0 else "mma_w8" if e0.endswith("w8")
               else "mma")
     assert ("wgmma" in e0 or "_tma_" in e0) == (pipelined and hopper)
-    bn, s, kc = om.plan(m, n, k, batch, 132, kernel)
+    bn, s, kc = om.plan(m, n, k, batch, 132, "tma" if "_tma_" in e0 else kernel)
     # sm_90 products run the warp-specialized kernels: TMA ones for the pipelined ops,
     # split or not; synchronous-load ones for the sync ops when unsplit
     assert ("_tma_" in e0) == (pipelined and hopper)
     assert ("_wgsync_" in e0) == (not pipelined and hopper and s == 1)
-    k_arg = 43 if "_tma_" in e0 else 11             # after the TMA kernels' 6 padding words
+    k_arg = 59 if "_tma_" in e0 else 11             # after the TMA kernels' 6 padding words
     if force is None:
         assert s > 1 or kernel == "mma_w8", "these shapes are meant to split"
     if s == 1:
@@ -455,11 +482,14 @@ def test_split_launcher_emulated(case, arch, pipelined, monkeypatch, rng):
         return
     full, rem = divmod(k, kc)
     assert len(sums) == 1 and sums[0][2:] == (m * n, s, batch)
+    if "_tma_" in e0:       # one launch per batch entry: the kernel cuts K into s chunks
+        assert len(mm) == batch and gpu.maps == 2 * batch
+        assert all(args[k_arg] == k and args[k_arg + 6] == kc and args[k_arg + 1] == s
+                   for _, _, args in mm)
+        return
     assert len(mm) == batch * ((full > 0) + (rem > 0))
     ks = sorted({args[k_arg] for _, _, args in mm})
     assert ks == sorted({kc} | ({rem} if rem else set()))
-    if "_tma_" in e0:                       # two maps per launch
-        assert gpu.maps == 2 * len(mm)
 
 
 # (a shape, b shape, a storage, b storage): unsplit products on sm_90 with the 16-byte rule
@@ -471,7 +501,13 @@ WS_CASES = {
     "n256": ((2048, 16), (16, 2048), "n", "t"),                  # wide enough for 128 x 256
     "batched-B-shared": ((3, 40, 24), (24, 136), "n", "n"),
     "batched-B": ((2, 3, 40, 24), (2, 3, 24, 136), "t", "t"),
+    # the staged epilogue's shapes (K <= 1024, N >= 512): C by TMA stores when N % 4 == 0
+    "staged-tma-store": ((300, 200), (200, 532), "n", "t"),
+    "staged-batched-tma-store": ((2, 40, 72), (72, 520), "t", "n"),
+    "staged-ldc-not-16-bytes": ((300, 200), (200, 530), "n", "t"),
+    "long-k": ((1024, 1088), (1088, 520), "n", "n"),
 }
+WS_TMA_STORE = {"staged-tma-store": 1, "staged-batched-tma-store": 1, "n256": 1}
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["async-tma", "sync-wgsync"])
@@ -496,6 +532,7 @@ def test_ws_launcher_emulated(case, pipelined, rng):
     want = (f"matmul_tc_tma_f16_{how_a}{how_b}_n{bn}c{cm}" if pipelined
             else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}")
     assert e == want and gpu.maps == (2 if pipelined else 0)
+    assert gpu.cmaps == ([WS_TMA_STORE.get(case, 0)] if pipelined else [])
 
 
 KEPT_CASES = {**{f"ws-{k}": v + (None,) for k, v in WS_CASES.items()},
@@ -649,7 +686,8 @@ def test_tma_param_padding_from_cubin():
     path = compiler.kernels_dir() / "matmul_tc_wgmma.cu"
     cubin = compiler.compile_file(path, "sm_90a")
     offs = om.kparam_offsets(cubin, "matmul_tc_tma_bf16_tn_n128c1")
-    assert offs[0] == (48, 128) and offs[1] == (176, 128) and offs[2] == (304, 8)
+    assert offs[0] == (48, 128) and offs[1] == (176, 128) and offs[2] == (304, 128)
+    assert offs[3] == (432, 8)                      # C after the three maps
     assert om.kparam_offsets(cubin, "matmul_tc_wgsync_f16_nn_n256")[0] == (0, 8)
 
 

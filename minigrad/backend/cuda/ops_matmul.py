@@ -34,7 +34,10 @@ rows (strideB = Kc*ldb for B 'n', Kc for 't'), and an f32 slab s of a pooled wor
 Kc is a multiple of the kernel's K tile, so the chunk offsets keep the 16-byte rule (and
 a chunk's tensor map, Kc long along K, never reads into the next chunk). When
 K % Kc != 0 the short last chunk (K - full*Kc) is a second launch of the same kernel
-with K = that length (the kernel zero-fills the K tail as always). Then
+with K = that length (the kernel zero-fills the K tail as always). The TMA kernels cut
+K themselves (their `kchunk` argument: batch entry j reads K from j*Kc through maps of
+the whole operands), so all chunks, a short last one too, are one launch, and the plan
+may choose a count that does not divide K (16384 in 3: 108 blocks of 132 SMs). Then
 `matmul_tc_splitk_sum` adds the slabs in the order s = 0, 1, ..., S-1 into the output:
 no atomics, so a given shape on a given card gives the same bits every run (the
 chunking depends on the shape and the SM count only). Split-K changes the f32 summation
@@ -59,15 +62,19 @@ from .compiler import kparam_offsets
 
 ARGS = "PPPqqqqqqiiii"
 SUM_ARGS = "PPqii"
-TMA_ARGS = "Q" * 32 + "Pqqiiiiiii"     # two 128-byte tensor maps, C, ldc, strideC, M, N, K,
-                                       # batch, batA, batB, group; after tma_pad() bytes of
-                                       # padding (zeros, as "Q"s) that the launch prepends
+TMA_ARGS = "Q" * 48 + "Pqqiiiiiiiii"   # three 128-byte tensor maps (A, B, C), C, ldc,
+                                       # strideC, M, N, K, batch, batA, batB, group, cmap,
+                                       # kchunk;
+                                       # after tma_pad() bytes of padding (zeros, as "Q"s)
+                                       # that the launch prepends
 WGSYNC_ARGS = ARGS + "i"               # ARGS, group
 _HOPPER_FILE = "matmul_tc_wgmma.cu"
 _BM = 128
 _SUM_THREADS = 256
 WS_THREADS = 384                       # warp-specialized kernels: producer + 2 consumer WGs
-WS_SMEM = {256: 214144, 128: 214144}   # MTW_WS_SMEM_N256 / _N128
+WS_SMEM = {256: 215040, 128: 215040}   # MTW_WS_SMEM_N256 / _N128
+STAGED_MAX_KT, STAGED_MIN_N = 16, 512  # the kernels' staged-epilogue rule (MTW_STAGED_*):
+                                       # K <= 16 steps of 128 bytes and N >= 512
 TMA_GROUP = 8                          # unit-rows per raster group (measured, notes)
 WGSYNC_GROUP = 16
 # switches (tests, benchmark comparisons; env MINIGRAD_MATMUL_TMA=0 / _WGSYNC=0 turn the
@@ -156,15 +163,19 @@ def chunks(k: int, s: int, kt: int):
     return kc, full, rem
 
 
-def _split_cost(tiles, slots, k, s, kt, mn=0):
+def _split_cost(tiles, slots, k, s, kt, mn=0, one_launch=False):
     """Estimated time of one product (one batch entry when split), in K steps of one
     block: each wave of blocks costs its chunk length plus SPLIT_BLOCK_K; a short last
-    chunk adds its own wave and SPLIT_LAUNCH_K; each chunk's slab adds
-    mn / SPLIT_SLAB_ELEMS."""
+    chunk adds its own wave and SPLIT_LAUNCH_K, unless the kernel cuts K itself
+    (`one_launch`: the TMA kernels, where it is one more block of the same launch);
+    each chunk's slab adds mn / SPLIT_SLAB_ELEMS."""
     waves = lambda blocks: -(-blocks // slots)      # noqa: E731
     if s == 1:
         return waves(tiles) * (k + SPLIT_BLOCK_K)
     kc, full, rem = chunks(k, s, kt)
+    if one_launch:
+        count = full + (rem > 0)
+        return waves(tiles * count) * (kc + SPLIT_BLOCK_K) + count * mn / SPLIT_SLAB_ELEMS
     cost = waves(tiles * full) * (kc + SPLIT_BLOCK_K) if full else 0
     if rem:
         cost += waves(tiles) * (rem + SPLIT_BLOCK_K) + SPLIT_LAUNCH_K
@@ -173,7 +184,8 @@ def _split_cost(tiles, slots, k, s, kt, mn=0):
 
 def plan(m, n, k, batch, sms, kernel):
     """(bn, s, kc): the block tile width, the number of K chunks (1: no split) and the
-    chunk length for `kernel` in {"wgmma", "mma", "mma_w8"} on a card of `sms` SMs.
+    chunk length for `kernel` in {"tma", "wgmma", "mma", "mma_w8"} on a card of `sms` SMs
+    ("tma": the TMA kernels, which take all chunks, a short last one too, in one launch).
 
     Unsplit, the tile is the usual one (wgmma: _wgmma_tile; mma.sync: 128, or the
     8-warp 256 kernel, which is chosen only when it already fills half the SMs and
@@ -196,8 +208,9 @@ def plan(m, n, k, batch, sms, kernel):
 def _plan(m, n, k, batch, sms, kernel, force):
     if kernel == "mma_w8":
         return 256, 1, k
-    kt, slots = (64, sms) if kernel == "wgmma" else (32, 2 * sms)
-    bn0 = _wgmma_tile(m, n, batch, sms) if kernel == "wgmma" else 128
+    hopper = kernel in ("tma", "wgmma")
+    kt, slots = (64, sms) if hopper else (32, 2 * sms)
+    bn0 = _wgmma_tile(m, n, batch, sms) if hopper else 128
     if force is not None:
         kc, full, rem = chunks(k, max(1, int(force)), kt)
         return (bn0, 1, k) if full + (rem > 0) < 2 else (128, full + (rem > 0), kc)
@@ -208,7 +221,7 @@ def _plan(m, n, k, batch, sms, kernel, force):
     limit = best[0] * SPLIT_GAIN
     if batch <= SPLIT_BATCH_MAX:
         for s in range(2, min(SPLIT_MAX, k // SPLIT_KMIN) + 1):
-            cost = batch * _split_cost(tiles, slots, k, s, kt, m * n)
+            cost = batch * _split_cost(tiles, slots, k, s, kt, m * n, kernel == "tma")
             if cost <= limit and cost < best[0]:
                 kc, full, rem = chunks(k, s, kt)
                 best = (cost, 128, full + (rem > 0), kc)
@@ -221,7 +234,8 @@ _TMAPS: dict = {}
 
 
 # tensor-map element types: CUtensorMapDataType, bytes per element
-TMA_TYPES = {"f16": (6, 2), "bf16": (9, 2), "i8": (0, 1)}
+TMA_TYPES = {"f16": (6, 2), "bf16": (9, 2), "i8": (0, 1), "f32": (7, 4)}
+_NO_MAP = (0,) * 16
 
 
 def tensor_map(ptr, dt, dims, strides, box):
@@ -274,8 +288,8 @@ def _tma_pad_for(arch):
     cubin = compiler.compile_file(path, compiler.arch_for_file(path.read_text(), arch))
     offs = kparam_offsets(cubin, "matmul_tc_tma_f16_nn_n256c2")
     pad = offs[0][0]
-    pos, want = pad + 256, [pad, pad + 128]
-    for c in TMA_ARGS[32:]:
+    pos, want = pad + 384, [pad, pad + 128, pad + 256]
+    for c in TMA_ARGS[48:]:
         sz = struct.calcsize(c)
         pos = -(-pos // sz) * sz
         want.append(pos)
@@ -308,24 +322,36 @@ def ws_grid(m, n, batch, bn, cm, sms):
     return cm * min(units, sms // cm)
 
 
-def tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
+def tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms, kchunk=0):
     """A TMA kernel's launch, planned once per layout (maps, in 16-bit elements: A 'n' box
     64 k x 128 m, A 't' 64 m x 64 k, B 't' 64 k x BN/CM n, B 'n' 64 n x 64 k; int8 boxes
     hold 128 of K, the same 128 bytes; see the kernel header; `batch`
     entries sa/sb elements apart, C's m*n apart with ldc n): `maps(pa, pb)` encodes the two
     tensor maps (cached by pointer) and gives `launch(pc)`, which queues the kernel writing C
     at pc; None if the driver refuses a map. dt "i8" is matmul_int8's kernel (layout "nt"
-    only), whose launch takes the scale too: `launch(pc, scale)`."""
+    only), whose launch takes the scale too: `launch(pc, scale)`. With `kchunk` (split-K)
+    the `batch` entries are the K chunks of one product, kchunk long (the last one what is
+    left: batch = ceil(k / kchunk)), written to slabs m*n apart; then sa = sb = 0.
+
+    Where the kernel stages its epilogue (the STAGED_* rule: short K, wide N), C goes out
+    by TMA stores through a third map (f32 {n, m, batch}, box {32, 8, 1}; rows 4n bytes
+    apart, so n % 4 == 0, and C 16-byte aligned); otherwise that map is zeros, cmap = 0."""
     bn, cm = ws_tile(m, n, batch, sms)
     at, bt = layout[0] == "t", layout[1] == "t"
     map_a = operand_map(dt, at, m, k, lda, sa, batch, 64 if at else 128)
     map_b = operand_map(dt, bt, k, n, ldb, sb, batch, bn // cm if bt else 64)
+    steps = -(-(kchunk or k) // (128 // TMA_TYPES[dt][1]))     # K steps of 128 bytes
+    map_c = ("f32", (n, m, batch), (4 * n, 4 * m * n), (32, 8, 1)) \
+        if steps <= STAGED_MAX_KT and n >= STAGED_MIN_N and n % 4 == 0 else None
     grid = (ws_grid(m, n, batch, bn, cm, sms), 1, 1)
     tail = [n, m * n, m, n, k, batch, int(sa != 0), int(sb != 0), TMA_GROUP]
     kernel = []     # [fn, pad]: looked up at the first accepted maps (a driver that
                     # refuses them never compiles the TMA kernels)
+    last = [None, None]     # [(pa, pb), their launch]: a training loop's operands repeat
 
     def maps(pa, pb):
+        if last[0] == (pa, pb):
+            return last[1]
         enc = getattr(rt, "tensor_map", tensor_map)     # (a stand-in's, in tests)
         ma, mb = enc(pa, *map_a), enc(pb, *map_b)
         if ma is None or mb is None:
@@ -338,8 +364,14 @@ def tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms):
                                    fmt="Q" * pad + TMA_ARGS + extra), pad]
         fn, pad = kernel
         head = [0] * pad + [*ma, *mb]
-        return lambda pc, *scale: rt.launch(fn, grid, WS_THREADS, [*head, pc, *tail, *scale],
-                                            WS_SMEM[bn])
+
+        def launch(pc, *scale):
+            mc = enc(pc, *map_c) if map_c is not None and pc % 16 == 0 else None
+            rt.launch(fn, grid, WS_THREADS,
+                      [*head, *(mc or _NO_MAP), pc, *tail, int(mc is not None), kchunk, *scale],
+                      WS_SMEM[bn])
+        last[:] = (pa, pb), launch
+        return launch
     return maps
 
 
@@ -410,7 +442,7 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         return launcher(a, b)
 
     if pipelined and hopper:
-        bn, s, kc = plan(m, n, k, batch, sms, "wgmma")
+        bn, s, kc = plan(m, n, k, batch, sms, "tma" if USE_TMA else "wgmma")
         if USE_TMA:
             if s == 1:
                 maps = tma_launcher(be, rt, dt, layout, lda, ldb, sa, sb, m, n, k, batch, sms)
@@ -422,11 +454,10 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
                     out = be.empty(out_shape, float32)
                     launch(out.ptr)
                     return out
-            else:
-                launcher = _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n,
-                                    k, kc, batch, lambda kk, count, ca, cb: tma_launcher(
-                                        be, rt, dt, layout, lda, ldb, ca, cb, m, n, kk, count,
-                                        sms))
+            else:                           # all s chunks in one launch
+                launcher = _split_k(be, rt, out_shape, a, b, m, n, s, batch, sa, sb, [(
+                    tma_launcher(be, rt, dt, layout, lda, ldb, 0, 0, m, n, k, s, sms, kc),
+                    0, 0, 0)])
             out = launcher(a, b)
             if out is not None:
                 if in_place:
@@ -458,8 +489,12 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         return lambda pa, pb: lambda pc: rt.launch(
             fn, (tiles, 1, min(count, 65535)), threads,
             [pa, pb, pc, lda, ldb, n, ca, cb, m * n, m, n, kk, count], smem)
-    launcher = _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
-                        chunk_maps)
+    full, rem = divmod(k, kc)
+    ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
+    cb = kc * ldb if lb == "n" else kc        # and of B
+    parts = ([(chunk_maps(kc, full, ca, cb), 0, 0, 0)] if full else []) + \
+        ([(chunk_maps(rem, 1, 0, 0), full, full * ca, full * cb)] if rem else [])
+    launcher = _split_k(be, rt, out_shape, a, b, m, n, s, batch, sa, sb, parts)
     if in_place:
         _keep(key, launcher)
     return launcher(a, b)
@@ -485,21 +520,15 @@ def _runtime():
     return _RT
 
 
-def _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, batch,
-             chunk_maps):
+def _split_k(be, rt, out_shape, a, b, m, n, s, batch, sa, sb, parts):
     """Split-K (module docstring), planned once per layout: returns `launcher(a, b)`, which
-    queues chunk j of batch entry i -> slab ws[i, j], then the ordered sum into a new f32
-    output, and returns that output; or None, with nothing queued, when a chunk cannot be
-    launched (a refused tensor map). `chunk_maps(kk, count, ca, cb)` plans `count` chunks of
-    length kk whose A/B start ca/cb elements apart, as `maps(pa, pb)` -> `launch(pc)` (or
-    None), pc the chunks' first slab."""
-    full, rem = divmod(k, kc)
-    s = full + (rem > 0)                      # the number of chunks
-    ca = kc if la == "n" else kc * lda        # elements from one chunk of A to the next
-    cb = kc * ldb if lb == "n" else kc        # and of B
+    queues the s chunks of batch entry i -> slabs ws[i, :], then the ordered sum into a
+    new f32 output, and returns that output; or None, with nothing queued, when a chunk
+    cannot be launched (a refused tensor map). `parts`: [(maps, j, da, db)], each
+    `maps(pa, pb)` -> `launch(pc)` (or None) queueing the chunks from j on (A and B
+    advanced da / db elements, pc their first slab): one part for the TMA kernels (the
+    kernel cuts K), else the full chunks and a short last one."""
     ia, ib = a.dtype.itemsize, b.dtype.itemsize
-    parts = ([(chunk_maps(kc, full, ca, cb), 0)] if full else []) + \
-        ([(chunk_maps(rem, 1, 0, 0), full)] if rem else [])
     sums = {}                                 # float4 sum (16-byte aligned)? -> (kernel, grid)
     for v4 in (True, False):
         if v4 and (m * n) % 4:
@@ -514,8 +543,8 @@ def _split_k(be, rt, out_shape, a, b, la, lb, lda, ldb, sa, sb, m, n, k, kc, bat
         launches = []
         for i in range(batch):
             pa, pb = a.ptr + i * sa * ia, b.ptr + i * sb * ib
-            for maps, j in parts:             # j: the part's first chunk
-                launches.append((maps(pa + j * ca * ia, pb + j * cb * ib), (i * s + j) * m * n))
+            for maps, j, da, db in parts:
+                launches.append((maps(pa + da * ia, pb + db * ib), (i * s + j) * m * n))
         if any(go is None for go, _ in launches):
             return None
         out = be.empty(out_shape, float32)
