@@ -495,7 +495,11 @@ __device__ __forceinline__ void store_acc_tma(const TmaDesc* map, int bat, int M
             }
             mg_fence_proxy_async();                   // these writes -> the TMA unit's reads
             __syncwarp();
-            if (lane == 0 && rw + 8 * h < M) tma_store(map, buf, n0 + 32 * c, rw + 8 * h, bat);
+            if (lane == 0) {
+                if (rw + 8 * h < M) tma_store(map, buf, n0 + 32 * c, rw + 8 * h, bat);
+                else tma_store_wait_read<0>();    // no store from half 1: the next block
+            }                                     // refills half 0, whose store may still
+                                                  // be reading it (wait_read 1 would pass)
         }
     }
 }
