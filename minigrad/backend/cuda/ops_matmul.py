@@ -64,9 +64,8 @@ ARGS = "PPPqqqqqqiiii"
 SUM_ARGS = "PPqii"
 TMA_ARGS = "Q" * 48 + "Pqqiiiiiiiii"   # three 128-byte tensor maps (A, B, C), C, ldc,
                                        # strideC, M, N, K, batch, batA, batB, group, cmap,
-                                       # kchunk;
-                                       # after tma_pad() bytes of padding (zeros, as "Q"s)
-                                       # that the launch prepends
+                                       # kchunk; after tma_pad() bytes of padding (zeros,
+                                       # as "Q"s) that the launch prepends
 WGSYNC_ARGS = ARGS + "i"               # ARGS, group
 _HOPPER_FILE = "matmul_tc_wgmma.cu"
 _BM = 128
