@@ -138,12 +138,16 @@ def install_fake_pycuda():
     sys.modules.update({"pycuda": pkg, "pycuda.driver": drv, "pycuda._pvt_struct": pvt,
                         "pycuda.tools": tools})
 
-    from minigrad.backend.cuda import codegen, compiler
+    from minigrad.backend.cuda import codegen, compiler, ops_matmul
     compiler.compile_to_cubin = lambda *a, **k: b""
+    # the driver's tensor-map encoder accepts every map (zeros), so that the async matmuls
+    # take the sm_90 TMA launchers, as on the GPU, not the cp.async fallback
+    ops_matmul._LIBCUDA = types.SimpleNamespace(cuTensorMapEncodeTiled=lambda *a: 0)
     import minigrad.backend.cuda as cuda_pkg
     from minigrad import device
     from minigrad.backend.cuda.backend import CudaBackend
     cuda_pkg._backend = device._backends["cuda"] = CudaBackend()
+    cuda_pkg._backend.tma_param_pad = 48     # (read from the cubin on the GPU)
     return codegen
 
 
