@@ -57,7 +57,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minigrad.backend.cuda.compiler import kparam_offsets  # noqa: E402  (pure: reads a cubin)
-from minigrad.backend.cuda.ops_matmul import ws_tile  # noqa: E402  (the launcher's tile rule)
+# the launcher's tile rule and its tensor-map encoder (cuTensorMapEncodeTiled through ctypes,
+# no cuda-python needed)
+from minigrad.backend.cuda.ops_matmul import tensor_map, ws_tile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KDIR = ROOT / "kernels"
@@ -81,7 +83,7 @@ TILES = {"wgmma": (256, 128), "tma": ("n256c2", "n256c1", "n128c2", "n128c1"),
 WS_SMEM = {256: 215040, 128: 215040}      # MTW_WS_SMEM_N256 / _N128
 TMA_ARGFMT = "Q" * 48 + "Pqqiiiiiiiii"
 # C by TMA stores where the kernels stage their epilogue (K <= 1024, N >= 512) and the map
-# is legal (ldc % 4 == 0, C 16-byte aligned), as ops_matmul.tma_launcher does;
+# is legal (N, ldc multiples of 4, C 16-byte aligned), as ops_matmul.tma_launcher does;
 # MTW_TMA_STORE=0 turns it off (then the staged st.global epilogue runs: A/B in one call),
 # MTW_TMA_STORE=always uses it wherever the map is legal (a probe of other shapes)
 TMA_STORE = os.environ.get("MTW_TMA_STORE", "1")
@@ -257,46 +259,6 @@ def kernel_for(fam, dt, layout, path, tile):
     if fam in HOPPER:
         return f"{pre}{dt}_{layout}{suf.format(t=tile)}", threads, smem, bn or tile
     return f"{pre}{dt}_{layout}_{path}{suf}", threads, smem, bn
-
-
-# ---- TMA tensor maps (cuTensorMapEncodeTiled through ctypes; no cuda-python needed) ----
-_LIBCUDA = None
-_TMAP_CACHE = {}
-
-
-def _libcuda():
-    global _LIBCUDA
-    if _LIBCUDA is None:
-        import ctypes
-        lib = ctypes.CDLL("libcuda.so.1")
-        f = lib.cuTensorMapEncodeTiled
-        f.restype = ctypes.c_int
-        u64p, u32p = ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32)
-        f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, u64p, u64p,
-                      u32p, u32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        _LIBCUDA = lib
-    return _LIBCUDA
-
-
-def tensor_map(ptr, dt, dims, strides, box):
-    """The 16 uint64 words of a 3-d CUtensorMap over 16-bit elements (dims innermost
-    first, byte strides of dims 1 and 2), 128-byte swizzle, zeros outside; None when the
-    driver refuses the shape."""
-    import ctypes
-    import struct
-    key = (ptr, dt, dims, strides, box)
-    if key in _TMAP_CACHE:
-        return _TMAP_CACHE[key]
-    raw = (ctypes.c_uint8 * 192)()
-    addr = (ctypes.addressof(raw) + 63) & ~63
-    r = _libcuda().cuTensorMapEncodeTiled(
-        ctypes.c_void_p(addr), {"f16": 6, "bf16": 9, "f32": 7}[dt], 3, ctypes.c_void_p(ptr),
-        (ctypes.c_uint64 * 3)(*dims), (ctypes.c_uint64 * 2)(*strides),
-        (ctypes.c_uint32 * 3)(*box), (ctypes.c_uint32 * 3)(1, 1, 1),
-        0, 3, 3, 0)     # no interleave, SWIZZLE_128B, L2 promotion 256 B, OOB zero fill
-    words = struct.unpack("<16Q", ctypes.string_at(addr, 128)) if r == 0 else None
-    _TMAP_CACHE[key] = words
-    return words
 
 
 def operand_map(ptr, dt, trans, rows, cols, ld, stride, batch, box_outer):

@@ -121,9 +121,9 @@
 //   128-byte swizzle), the staged blocks go out by TMA stores instead (store_acc_tma:
 //   the warps do not issue the stores; H200, same shapes, in one call: N = 1152 42.1 ->
 //   39.7-39.9 us, N = 1536 53.8 -> 50.3-50.7 (n128c1), 51.5 -> 50.4 (n256c2); always
-//   using it was slower at N = 384, K = 384: 22.6 -> 25.1). Clusters: barrier.cluster after the barrier init (so that no
-//   remote arrival or multicast meets an uninitialised barrier) and before exit (so that
-//   none targets an exited CTA).
+//   using it was slower at N = 384, K = 384: 22.6 -> 25.1). Clusters: barrier.cluster
+//   after the barrier init (so that no remote arrival or multicast meets an uninitialised
+//   barrier) and before exit (so that none targets an exited CTA).
 //   wgmma_* (cp.async): 256 threads load all stages with cp.async (src-size zero fill),
 //   S-2 tiles in flight (S = 4 for n256, 6 for n128), one block barrier per K tile.
 //
@@ -396,9 +396,9 @@ template <int BN> struct WsCfg {
     static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr int STAGES = BN == 256 ? 4 : 6;              // as many as fit in 227 KB
     static constexpr int BAR_OFF = STAGES * STAGE_BYTES;          // full[S] then empty[S]
-    static constexpr int EPI_OFF = (BAR_OFF + 16 * STAGES + 1023) / 1024 * 1024;   // (the C
-                                                  // box's 128-byte swizzle: 1024-B aligned)
-    static constexpr int EPI_BYTES = 8 * 2048;                    // epilogue: 2 KB per consumer warp
+    // epilogue scratch, 2 KB per consumer warp, 1024-byte aligned (the C box's swizzle)
+    static constexpr int EPI_OFF = (BAR_OFF + 16 * STAGES + 1023) / 1024 * 1024;
+    static constexpr int EPI_BYTES = 8 * 2048;
     static constexpr int SMEM = 1024 + EPI_OFF + EPI_BYTES;       // + 1 KB to align to 1024
 };
 static_assert(WsCfg<256>::SMEM == 215040 && WsCfg<128>::SMEM == 215040, "documented");
@@ -776,7 +776,8 @@ __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>&
 
 // Consumer warpgroup cw (0 or 1): rows [64 cw, 64 cw + 64) of each 128 x BN tile, one
 // m64nBNk16 wgmma per 16 of K; releases a stage once the wgmma that read it is done
-// (wgmma.wait_group 1 after issuing the next), f32 tile stored straight from registers.
+// (wgmma.wait_group 1 after issuing the next); then the f32 tile goes out by one of the
+// three epilogues (store_acc, store_acc_staged, store_acc_tma).
 template <class DT, bool AT, bool BT, int BN, int CM, bool TMA>
 __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc,
                                         unsigned sbase, unsigned rank, int units, int unit0,
