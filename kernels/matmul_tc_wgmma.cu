@@ -104,10 +104,11 @@
 //       consumers 232.
 //     wgsync: all 128 threads; ld.global (16 B; element loads for a chunk that crosses
 //       the end of a row) into registers, st.shared, in two halves per stage (12 chunks
-//       per thread for n256), pipelined: both halves of the next stage load while this
-//       one is stored; arrive after the second half. The consumers run fence.proxy.async
-//       (generic-proxy writes that wgmma reads) after their full-barrier wait, so that no
-//       fence in the producer waits for loads in flight; setmaxnreg: 168 / 168.
+//       per thread for n256, 8 for n128), pipelined: PARTS halves are loading while one
+//       is stored (3 for n256, 6 for n128); arrive after the second half of a stage. The
+//       consumers run fence.proxy.async (generic-proxy writes that wgmma reads) after
+//       their full-barrier wait, so that no fence in the producer waits for loads in
+//       flight; setmaxnreg: producer 184 / consumers 160 (n256), 240 / 128 (n128).
 //   Persistent: CTA (cluster) c takes units c, c + grid/CM, ...; a unit's row of tiles
 //   and column are ordered in groups of `group` unit rows (L2 reuse). The epilogue
 //   stores the f32 tile while the producer is already loading the next unit's stages:
@@ -134,14 +135,17 @@
 //     (cp.async): 503-565 = 0.69-0.74.
 //   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279)
 //     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.61-0.63
-//     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. About one stage (48 KB) per SM in flight
-//     through registers is the limit: the registers the accumulators leave hold no more;
-//     see the notes. Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
+//     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. The bytes in flight through registers
+//     are the limit: with 3 halves in flight (72 KB per SM instead of 48, 2026-11-29, H200)
+//     4096^3 0.61-0.70 through minigrad in four rounds, 8192^3 0.61-0.71; standalone with
+//     rotated inputs 0.55-0.61 / 0.61-0.66 (the 2-half code 0.55-0.59 / 0.60-0.64 in the
+//     same call). Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
 //     st.async (correct, 0.36-0.50: one mbarrier transaction update per 16-byte store);
 //     two producer warpgroups (512 threads: ptxas then caps every thread at 128 registers,
 //     too few for a 64x256 accumulator).
 // RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
-//   rebalances), no spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
+//   rebalances; ptxas allocates each warpgroup's code within its setmaxnreg value), no
+//   spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
 //   UTMALDG.3D(.MULTICAST), SYNCS.* (mbarrier), USETMAXREG, LDG.E.128 + STS.128 (wgsync).
 //   wgmma: n256 176-180 regs, n128 111-120, no spills.
 #include "common.cuh"
@@ -152,13 +156,31 @@ namespace mtw {
 typedef unsigned short u16;
 
 constexpr int BM = 128, BK = 64, NT = 256, GROUP_M = 8;
-// setmaxnreg split of the sync (ld.global) warp-specialized kernels: 128 x P + 256 x C <= 65536
-// (168 is the most a thread of a 384-thread block starts with, and setmaxnreg.dec cannot
-// go above it)
-#ifndef WS_LDG_PRODUCER_REGS
-#define WS_LDG_PRODUCER_REGS 168
-#define WS_LDG_CONSUMER_REGS 168
+// The sync (ld.global) warp-specialized kernels, per tile width: the setmaxnreg split and
+// PARTS, the half stages the producer keeps in flight in its registers (48 data registers
+// each for BN 256, 32 for BN 128). setmaxnreg.inc only takes registers that the block's
+// own setmaxnreg.dec released, so 128 x PRODUCER + 256 x CONSUMER <= 384 x 168 (the
+// registers a thread starts with): a split of 65536 hung (H200). The consumers keep 128
+// (BN 256) / 64 f32 accumulators. Measured (H200, standalone, 4096^3 / 8192^3, ours /
+// torch.mm): BN 256 with 2 parts (168 / 168) 0.49-0.59 / 0.56-0.64, with 3 parts 0.55-0.61
+// / 0.61-0.66; BN 128 with 2 / 4 / 6 parts 0.38-0.42 / 0.44-0.50 / 0.46-0.51 at 4096^3
+// (benchmarks/notes_matmul.md, session 15).
+#ifndef WS_LDG_N256_PRODUCER
+#define WS_LDG_N256_PRODUCER 184
+#define WS_LDG_N256_CONSUMER 160
+#define WS_LDG_N256_PARTS 3
 #endif
+#ifndef WS_LDG_N128_PRODUCER
+#define WS_LDG_N128_PRODUCER 240
+#define WS_LDG_N128_CONSUMER 128
+#define WS_LDG_N128_PARTS 6
+#endif
+template <int BN> struct LdgSplit {
+    static constexpr int PRODUCER = BN == 256 ? WS_LDG_N256_PRODUCER : WS_LDG_N128_PRODUCER;
+    static constexpr int CONSUMER = BN == 256 ? WS_LDG_N256_CONSUMER : WS_LDG_N128_CONSUMER;
+    static constexpr int PARTS = BN == 256 ? WS_LDG_N256_PARTS : WS_LDG_N128_PARTS;
+    static_assert(128 * PRODUCER + 256 * CONSUMER <= 384 * 168, "the block's registers");
+};
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
 static_assert(SMEM_BYTES == 6 * (BM * BK * 2 + 128 * BK * 2) + 1024, "both tiles use the same");
 
@@ -518,6 +540,11 @@ template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(R));
 }
+// from the 168 registers a thread of the 384-thread kernels starts with to R
+template <int R> __device__ __forceinline__ void setmaxnreg_to() {
+    if constexpr (R > 168) setmaxnreg_inc<R>();
+    else                   setmaxnreg_dec<R>();
+}
 
 // Work unit u -> (batch entry, this CTA's tile origin m0, n0). A unit is CM tiles
 // stacked along M (one per CTA of the cluster, same n0: they share the B tile).
@@ -547,7 +574,7 @@ template <int BN, int CM> struct Sched {
 // column t % CPR of rows t / CPR + i * RSTEP.
 template <int ROWS, int COLS> struct LdgTile {
     static constexpr int CPR = COLS / 8, RSTEP = 128 / CPR, P = ROWS / RSTEP;
-    static_assert(128 % CPR == 0 && ROWS % RSTEP == 0, "");
+    static_assert(128 % CPR == 0 && ROWS % RSTEP == 0 && RSTEP % 4 == 0, "");
     int r0, ch;
     __device__ __forceinline__ void init(int t) { r0 = t / CPR; ch = t % CPR; }
     // chunk i of this thread: loaded (zero fill outside the operand) / stored
@@ -566,9 +593,12 @@ template <int ROWS, int COLS> struct LdgTile {
         return make_uint4(w[0], w[1], w[2], w[3]);
     }
     __device__ __forceinline__ void stash_one(int i, unsigned sbase, uint4 v) const {
-        const int r = r0 + i * RSTEP;
-        const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + r * 128
-                         + (((ch & 7) ^ (r & 7)) << 4);
+        // the swizzle (ch ^ r) % 8 of row r = r0 + i * RSTEP, written so that only the
+        // thread's constant (ch ^ r0) % 8 is computed at run time: i * RSTEP % 8 is 0 or 4,
+        // and adding 4 modulo 8 flips bit 2 (the compiler otherwise holds one address per
+        // chunk in registers: 60-88 B of spills in the producer with 3 parts in flight)
+        const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + (r0 + i * RSTEP) * 128
+                         + ((((ch ^ r0) & 7) ^ ((i * RSTEP) & 7)) << 4);
         asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
                      :: "r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
     }
@@ -648,19 +678,21 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
 
 // Producer, synchronous: the 128 threads of warpgroup 0 copy each stage with ld.global
 // (16 B) into registers and st.shared, in two halves (A and the first B chunks, then the
-// rest: 12 chunks per thread for BN 256, 8 for BN 128), software-pipelined so that both
-// halves of the next stage are loading while this one is stored:
-//     wait(empty s); store half 0; load half 0 of s+1; store half 1; arrive(full s);
-//     load half 1 of s+1
-// (96 registers of data for BN 256). Interior stages (the whole 128 x BN x 64 box inside
+// rest: 12 chunks per thread for BN 256, 8 for BN 128), software-pipelined so that the
+// next NP = LdgSplit<BN>::PARTS halves are loading while one is stored. Half g:
+//     (g even: wait(empty s)); store half g; (g odd: arrive(full s)); load half g + NP
+//     into the registers half g came from
+// (NP = 3: 144 registers of data for BN 256; NP = 6: 192 for BN 128). Interior stages (the whole 128 x BN x 64 box inside
 // M, N, K) load through one running pointer per operand with compile-time chunk offsets;
 // boundary stages take LdgTile's predicated element loads. The proxy fence that makes
 // the stores visible to wgmma is done by the consumers after their full-barrier wait: on
 // sm_90 fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S (SASS), and the MEMBAR
 // would make the producer wait for the next stage's loads. Measured (H200): 4096^3
 // 0.54-0.63 of cuBLAS against 0.35-0.39 for the unpipelined producer (one stage loaded,
-// waited for, stored, fenced); splitting a stage into 3, 6 or 8 parts to keep more of
-// it in flight was slower (benchmarks/notes_matmul.md).
+// waited for, stored, fenced); splitting a stage into 3, 6 or 8 parts was slower, and
+// so was a third half in flight until the registers for it were there (setmaxnreg above)
+// and its st.shared addresses stopped spilling (LdgTile::stash_one; benchmarks/
+// notes_matmul.md, sessions 5 and 15).
 template <bool AT, bool BT, int BN>
 struct LdgPipe {
     using LA = LdgTile<AT ? BK : BM, AT ? BM : BK>;
@@ -753,24 +785,33 @@ __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>&
     const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
     const PP pp(a, sc, units, ustep, KT, t);
     const int stages = unit0 < units ? (units - unit0 + ustep - 1) / ustep * KT : 0;
-    uint4 lo[PP::H], hi[PP::H];
+    // NP half stages in flight: part g (stage g / 2, half g % 2) lives in v[g % NP]; a pass
+    // of the loop covers a whole number of stages and of NP, so every index is a constant
+    constexpr int NP = LdgSplit<BN>::PARTS, PASS = NP % 2 ? 2 * NP : NP;
+    uint4 v[NP][PP::H];
     typename PP::Cursor next;
     pp.begin(next, unit0);
-    pp.fetch(0, lo, next);
-    pp.fetch(1, hi, next);
-    pp.advance(next);
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+        pp.fetch(p & 1, v[p], next);
+        if (p & 1) pp.advance(next);
+    }
     int s = 0;
     unsigned ph = 0;
-    for (int i = 0; i < stages; ++i) {
-        const unsigned sa = sbase + s * CF::STAGE_BYTES;
-        mbar_wait(empty0 + 8 * s, ph ^ 1);
-        pp.stash(0, lo, sa);
-        pp.fetch(0, lo, next);
-        pp.stash(1, hi, sa);
-        mbar_arrive(full0 + 8 * s);
-        pp.fetch(1, hi, next);
-        pp.advance(next);
-        if (++s == S) { s = 0; ph ^= 1; }
+    for (int g0 = 0; g0 < 2 * stages; g0 += PASS) {
+#pragma unroll
+        for (int q = 0; q < PASS; ++q) {
+            if (g0 + q >= 2 * stages) break;
+            const unsigned sa = sbase + s * CF::STAGE_BYTES;
+            if (!(q & 1)) mbar_wait(empty0 + 8 * s, ph ^ 1);
+            pp.stash(q & 1, v[q % NP], sa);
+            if (q & 1) {
+                mbar_arrive(full0 + 8 * s);
+                if (++s == S) { s = 0; ph ^= 1; }
+            }
+            pp.fetch((q + NP) & 1, v[q % NP], next);     // part g0 + q + NP
+            if ((q + NP) & 1) pp.advance(next);
+        }
     }
 }
 
@@ -871,12 +912,12 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
             setmaxnreg_dec<40>();
             if (tid == 0) produce_tma<AT, BT, BN, CM, KE>(a, sc, sbase, rank, units, unit0, ustep);
         } else {
-            setmaxnreg_dec<WS_LDG_PRODUCER_REGS>();
+            setmaxnreg_to<LdgSplit<BN>::PRODUCER>();
             produce_ldg<AT, BT, BN>(a, sc, sbase, units, unit0, ustep, KT, tid);
         }
     } else {
         if constexpr (TMA) setmaxnreg_inc<232>();
-        else               setmaxnreg_inc<WS_LDG_CONSUMER_REGS>();
+        else               setmaxnreg_to<LdgSplit<BN>::CONSUMER>();
         consume<DT, AT, BT, BN, CM, TMA>(a, sc, sbase, rank, units, unit0, ustep, KT,
                                    (tid >> 7) - 1, tid & 127);
     }
