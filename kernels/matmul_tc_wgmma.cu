@@ -135,11 +135,12 @@
 //     (cp.async): 503-565 = 0.69-0.74.
 //   wgsync n256: 256-295 TFLOP/s = 0.35-0.46 (mma.sync 128x256 of matmul_tc.cu: 236-279)
 //     with the unpipelined producer; the pipelined one (2026-11-28, H200): 4096^3 0.61-0.63
-//     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. The bytes in flight through registers
-//     are the limit: with 3 halves in flight (72 KB per SM instead of 48, 2026-11-29, H200)
-//     4096^3 0.61-0.70 through minigrad in four rounds, 8192^3 0.61-0.71; standalone with
-//     rotated inputs 0.55-0.61 / 0.61-0.66 (the 2-half code 0.55-0.59 / 0.60-0.64 in the
-//     same call). Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
+//     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. With 3 halves in flight (72 KB per SM
+//     instead of 48; 2026-11-29, H200): 4096^3 0.59-0.69 through minigrad in nine rounds
+//     (34 of 36 >= 0.60), 8192^3 0.61-0.73; standalone with rotated inputs 0.55-0.61 /
+//     0.61-0.66 (the 2-half code 0.55-0.59 / 0.60-0.64 in the same call). 1.5x the bytes in
+//     flight gave a few percent, so they are not the only bound (the other is not known).
+//     Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
 //     st.async (correct, 0.36-0.50: one mbarrier transaction update per 16-byte store);
 //     two producer warpgroups (512 threads: ptxas then caps every thread at 128 registers,
 //     too few for a 64x256 accumulator).
