@@ -13,6 +13,9 @@ imports only pure functions (the cubin reader, the launcher's tile rule), no run
 
 Options: --cubin-dir DIR loads cubins made by --build (checked against a hash of the
 sources; stale or missing ones are compiled with nvcc through pycuda.compiler.compile);
+--build DIR --nvcc-flags "-DNAME=V ..." builds a variant of the kernels' compile-time
+switches (e.g. the sync producer's WS_LDG_* split) for an A/B in one GPU call, and the
+runtime line of the log names the flags;
 --out DIR receives the log and JSON (default benchmarks/results).
 
 Kernel families: sync (matmul_tc_*_{v,s}, 128x128), sync8 (matmul_tc_*_v_w8, 128x256),
@@ -109,11 +112,12 @@ def arch_of(name, cc):
     return "sm_%d%d" % cc
 
 
-def nvcc_cubin(name, arch, out_path=None):
-    """Compile kernels/<name>.cu for `arch` with nvcc; returns the cubin bytes."""
+def nvcc_cubin(name, arch, out_path=None, flags=()):
+    """Compile kernels/<name>.cu for `arch` with nvcc (extra `flags`, e.g. -D switches);
+    returns the cubin bytes."""
     code = arch
     comp = "compute_" + arch[3:]
-    cmd = ["nvcc", "-cubin", "-std=c++17", f"-gencode=arch={comp},code={code}",
+    cmd = ["nvcc", "-cubin", "-std=c++17", f"-gencode=arch={comp},code={code}", *flags,
            f"-I{KDIR}", "-o", "/dev/stdout" if out_path is None else str(out_path),
            str(KDIR / SOURCES[name])]
     if out_path is None:
@@ -127,7 +131,10 @@ def nvcc_cubin(name, arch, out_path=None):
     return Path(out_path).read_bytes()
 
 
-def build(outdir, archs):
+def build(outdir, archs, flags=()):
+    """Cubins of every source into outdir, each with the hash of its source (a stale one is
+    rebuilt at load) and, when `flags` are given (a variant build), a .flags file naming them:
+    the runtime logs it, so a variant's tables say what they measured."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     for arch in archs:
@@ -137,8 +144,13 @@ def build(outdir, archs):
             a = "sm_90a" if name == "matmul_tc_wgmma" else arch
             p = outdir / f"{name}.{a}.cubin"
             t = time.time()
-            nvcc_cubin(name, a, p)
+            nvcc_cubin(name, a, p, flags)
             (outdir / f"{name}.{a}.hash").write_text(src_hash(name))
+            fp = outdir / f"{name}.{a}.flags"
+            if flags:
+                fp.write_text(" ".join(flags) + "\n")
+            elif fp.exists():
+                fp.unlink()
             print(f"built {p} ({p.stat().st_size} B, {time.time() - t:.1f} s)")
 
 
@@ -147,7 +159,9 @@ def load_cubin(name, arch, cubin_dir):
         p = Path(cubin_dir) / f"{name}.{arch}.cubin"
         hp = Path(cubin_dir) / f"{name}.{arch}.hash"
         if p.exists() and hp.exists() and hp.read_text().strip() == src_hash(name):
-            return p.read_bytes(), "prebuilt"
+            fp = Path(cubin_dir) / f"{name}.{arch}.flags"
+            return p.read_bytes(), ("prebuilt, nvcc " + fp.read_text().strip()
+                                    if fp.exists() else "prebuilt")
         log(f"[build] {p} missing or stale: compiling with nvcc")
     try:
         from pycuda.compiler import compile as pycompile
@@ -730,6 +744,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", metavar="DIR")
     ap.add_argument("--arch", default="sm_90", help="with --build: sm_80, sm_90 (also builds sm_90a)")
+    ap.add_argument("--nvcc-flags", default="", help="with --build: extra nvcc flags, e.g. the "
+                    "-D switches of a variant (\"-DWS_LDG_N256_PARTS=2 -DWS_LDG_N256_PRODUCER=168 "
+                    "-DWS_LDG_N256_CONSUMER=168\")")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--sanitize", action="store_true")
@@ -752,7 +769,7 @@ def main():
     _CUBIN_DIR = args.cubin_dir
 
     if args.build:
-        build(args.build, [a.strip() for a in args.arch.split(",")])
+        build(args.build, [a.strip() for a in args.arch.split(",")], args.nvcc_flags.split())
         return 0
     if not (args.check or args.bench or args.sanitize):
         ap.error("nothing to do: --build, --check, --bench or --sanitize")
