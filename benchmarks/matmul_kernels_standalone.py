@@ -13,7 +13,7 @@ imports only pure functions (the cubin reader, the launcher's tile rule), no run
 
 Options: --cubin-dir DIR loads cubins made by --build (checked against a hash of the
 sources; stale or missing ones are compiled with nvcc through pycuda.compiler.compile);
---build DIR --nvcc-flags "-DNAME=V ..." builds a variant of the kernels' compile-time
+--build DIR --nvcc-flags="-DNAME=V ..." builds a variant of the kernels' compile-time
 switches (e.g. the sync producer's WS_LDG_* split) for an A/B in one GPU call, and the
 runtime line of the log names the flags;
 --out DIR receives the log and JSON (default benchmarks/results).
