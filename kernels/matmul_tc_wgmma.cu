@@ -166,6 +166,9 @@ constexpr int BM = 128, BK = 64, NT = 256, GROUP_M = 8;
 // torch.mm): BN 256 with 2 parts (168 / 168) 0.49-0.59 / 0.56-0.64, with 3 parts 0.55-0.61
 // / 0.61-0.66; BN 128 with 2 / 4 / 6 parts 0.38-0.42 / 0.44-0.50 / 0.46-0.51 at 4096^3
 // (benchmarks/notes_matmul.md, session 15).
+// A thread of the 384-thread warp-specialized kernels starts with 65536 / 384 registers,
+// rounded down to setmaxnreg's multiple of 8.
+constexpr int WS_ENTRY_REGS = 168;
 #ifndef WS_LDG_N256_PRODUCER
 #define WS_LDG_N256_PRODUCER 184
 #define WS_LDG_N256_CONSUMER 160
@@ -180,7 +183,7 @@ template <int BN> struct LdgSplit {
     static constexpr int PRODUCER = BN == 256 ? WS_LDG_N256_PRODUCER : WS_LDG_N128_PRODUCER;
     static constexpr int CONSUMER = BN == 256 ? WS_LDG_N256_CONSUMER : WS_LDG_N128_CONSUMER;
     static constexpr int PARTS = BN == 256 ? WS_LDG_N256_PARTS : WS_LDG_N128_PARTS;
-    static_assert(128 * PRODUCER + 256 * CONSUMER <= 384 * 168, "the block's registers");
+    static_assert(128 * PRODUCER + 256 * CONSUMER <= 384 * WS_ENTRY_REGS, "the block's registers");
 };
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
 static_assert(SMEM_BYTES == 6 * (BM * BK * 2 + 128 * BK * 2) + 1024, "both tiles use the same");
@@ -541,9 +544,9 @@ template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(R));
 }
-// from the 168 registers a thread of the 384-thread kernels starts with to R
+// from the WS_ENTRY_REGS registers a thread of the warp-specialized kernels starts with to R
 template <int R> __device__ __forceinline__ void setmaxnreg_to() {
-    if constexpr (R > 168) setmaxnreg_inc<R>();
+    if constexpr (R > WS_ENTRY_REGS) setmaxnreg_inc<R>();
     else                   setmaxnreg_dec<R>();
 }
 
@@ -683,9 +686,10 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
 // next NP = LdgSplit<BN>::PARTS halves are loading while one is stored. Half g:
 //     (g even: wait(empty s)); store half g; (g odd: arrive(full s)); load half g + NP
 //     into the registers half g came from
-// (NP = 3: 144 registers of data for BN 256; NP = 6: 192 for BN 128). Interior stages (the whole 128 x BN x 64 box inside
-// M, N, K) load through one running pointer per operand with compile-time chunk offsets;
-// boundary stages take LdgTile's predicated element loads. The proxy fence that makes
+// (NP = 3: 144 registers of data for BN 256; NP = 6: 192 for BN 128). Interior stages
+// (the whole 128 x BN x 64 box inside M, N, K) load through one running pointer per
+// operand with compile-time chunk offsets; boundary stages take LdgTile's predicated
+// element loads. The proxy fence that makes
 // the stores visible to wgmma is done by the consumers after their full-barrier wait: on
 // sm_90 fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S (SASS), and the MEMBAR
 // would make the producer wait for the next stage's loads. Measured (H200): 4096^3
