@@ -23,11 +23,11 @@ async80 (matmul_tc_async_*_{v,s}, cp.async 4-stage), and the sm_90a ones in
 matmul_tc_wgmma.cu: wgmma (matmul_tc_wgmma_*_n{256,128}, cp.async), tma
 (matmul_tc_tma_*_n{256,128}c{2,1}: TMA, warp-specialized, persistent, c2 = 2-CTA clusters
 with B multicast; tensor maps encoded here through ctypes, the parameter buffer padded to
-the offsets read from the cubin) and wgsync (matmul_tc_wgsync_*_n{256,128}: synchronous
-ld.global -> st.shared producer). host_choice() below mirrors the launcher's rule
-(minigrad/backend/cuda/ops_matmul.py). Bench options: --shapes (cubes, small, targets,
-tr), --kernels fam[:tile[:group]],... (e.g. tma:n256c2:8,wgsync:n256,wgmma:256,sync8),
---tag (file names); --dtypes also limits the bench.
+the offsets read from the cubin) and wgsync (matmul_tc_wgsync_*_{n256c2,n256c1,n128c1}:
+synchronous ld.global -> st.shared producer, c2 sharing B). host_choice() below mirrors
+the launcher's rule (minigrad/backend/cuda/ops_matmul.py). Bench options: --shapes
+(cubes, small, targets, tr), --kernels fam[:tile[:group]],... (e.g. tma:n256c2:8,
+wgsync:n256c2,wgmma:256,sync8), --tag (file names); --dtypes also limits the bench.
 
 Check: every family x dtype (f16, bf16) x layout (nn, nt, tn, tt) x load path (_v where
 the 16-byte rule allows it, _s where the family has one) on fresh random inputs, against
@@ -80,9 +80,9 @@ FAMILIES = {
 }
 HOPPER = ("wgmma", "tma", "wgsync")
 V_ONLY = ("sync8", "wgmma", "tma", "wgsync")
-# tiles of each Hopper family: wgmma 128 x t; tma n<BN>c<cluster size>; wgsync n256
+# tiles of each Hopper family: wgmma 128 x t; tma and wgsync n<BN>c<cluster size>
 TILES = {"wgmma": (256, 128), "tma": ("n256c2", "n256c1", "n128c2", "n128c1"),
-         "wgsync": ("n256", "n128")}
+         "wgsync": ("n256c2", "n256c1", "n128c1")}
 WS_SMEM = {256: 215040, 128: 215040}      # MTW_WS_SMEM_N256 / _N128
 TMA_ARGFMT = "Q" * 48 + "Pqqiiiiiiiii"
 # C by TMA stores where the kernels stage their epilogue (K <= 1024, N >= 512) and the map
@@ -258,7 +258,9 @@ def host_choice(op_async, M, N, batch, vec, sms, cc):
         return ("async80" if op_async else "sync"), "s", 128
     if cc == (9, 0):
         bn, cm = ws_tile(M, N, batch, sms)
-        return ("tma", "v", f"n{bn}c{cm}") if op_async else ("wgsync", "v", f"n{bn}")
+        if not op_async:
+            return "wgsync", "v", f"n{bn}c{cm if bn == 256 else 1}"   # clusters: n256 only
+        return "tma", "v", f"n{bn}c{cm}"
     if op_async:
         return "async80", "v", 128
     return sync_family(M, N, batch, sms), "v", 128
@@ -298,7 +300,7 @@ def tma_maps(dt, layout, tile, a, b, lda, ldb, sA, sB, M, N, K, batch):
 def ws_grid(fam, tile, M, N, batch, slots):
     """Persistent grid of the warp-specialized kernels: one CTA per SM at most."""
     bn = int(tile[1:4])
-    cm = 1 if fam == "wgsync" else int(tile[-1])
+    cm = int(tile[-1])
     units = math.ceil(math.ceil(M / 128) / cm) * math.ceil(N / bn) * batch
     return cm * min(units, slots // cm)
 
@@ -762,7 +764,7 @@ def main():
     ap.add_argument("--shapes", default="all", help="bench: all, or a comma list of cubes, "
                     "small, targets, tr")
     ap.add_argument("--kernels", default="", help="bench: fam[:tile[:group]],... instead of "
-                    "every tile of --families (e.g. tma:n256c2:8,wgsync:n256,wgmma:256)")
+                    "every tile of --families (e.g. tma:n256c2:8,wgsync:n256c2,wgmma:256)")
     ap.add_argument("--tag", default="", help="suffix of the log / JSON names")
     args = ap.parse_args()
     global _CUBIN_DIR

@@ -25,7 +25,8 @@
 // ENTRY POINTS (extern "C")
 //   matmul_tc_tma_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}c{2,1}   block tile 128 x BN, c2: a
 //       cluster of 2 CTAs (__cluster_dims__(2,1,1)) stacked along M that share B
-//   matmul_tc_wgsync_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}     block tile 128 x BN
+//   matmul_tc_wgsync_{f16,bf16}_{nn,nt,tn,tt}_{n256c2,n256c1,n128c1}   block tile 128 x BN,
+//       c2: a cluster of 2 CTAs stacked along M that share B (each loads half of it)
 //   matmul_tc_wgmma_{f16,bf16}_{nn,nt,tn,tt}_n{256,128}      block tile 128 x BN
 //   matmul_int8_tma_nt_n{256,128}c{2,1}   int8, 'nt' only (s8 wgmma reads both operands
 //       K-major); tensor maps of int8 elements (CU_TENSOR_MAP_DATA_TYPE_UINT8) with the
@@ -66,7 +67,7 @@
 //     MTW_WS_SMEM_N128 = 215040 B (4 stages of 48 KB or 6 of 32 KB, barriers, 16 KB of
 //     epilogue scratch 1024-aligned, 1 KB of alignment); raise the attribute first.
 //     Persistent grid:
-//     units = ceil(ceil(M/128)/CM) * ceil(N/BN) * batch (CM = cluster size, 1 for wgsync),
+//     units = ceil(ceil(M/128)/CM) * ceil(N/BN) * batch (CM = cluster size),
 //     grid = (CM * min(units, SMs / CM), 1, 1) (a multiple of CM; 66 2-CTA clusters of
 //     these kernels were co-resident on a 132-SM H200: cuOccupancyMaxActiveClusters).
 //   tma tensor maps (cuTensorMapEncodeTiled, 16-bit type, rank 3 = {contiguous dim,
@@ -93,7 +94,8 @@
 //       SBO 1024; k16 step j: +2048 B; wgmma's transpose bit set. So no operand is ever
 //       transposed in memory (the TMA boxes / copies keep the global layout).
 //   Two mbarriers per stage: full (the producer's arrival + the transaction bytes for
-//   TMA; 128 producer-thread arrivals for wgsync) and empty (one arrival per consumer
+//   TMA; 128 producer-thread arrivals for wgsync, + the peer's B half as transaction
+//   bytes with CM = 2) and empty (one arrival per consumer
 //   warpgroup per CTA of the cluster: 2 * CM). A consumer waits on full, issues its 4
 //   wgmma, commits, waits for the previous stage's wgmma (wgmma.wait_group 1) and then
 //   releases that stage (on every CTA of its cluster: mapa + mbarrier.arrive
@@ -105,7 +107,15 @@
 //     wgsync: all 128 threads; ld.global (16 B; element loads for a chunk that crosses
 //       the end of a row) into registers, st.shared, in two halves per stage (12 chunks
 //       per thread for n256, 8 for n128), pipelined: PARTS halves are loading while one
-//       is stored (3 for n256, 6 for n128); arrive after the second half of a stage. The
+//       is stored (3 for n256, 6 for n128); arrive after the second half of a stage.
+//       n256c2: a CTA loads its A tile and half of the B tile (columns rank*128..+128;
+//       16 chunks per thread per stage, 4 halves in flight) and stores that half into
+//       both CTAs: st.shared into its own, st.async.shared::cluster.mbarrier::
+//       complete_tx::bytes into the peer's (a store of the thread's registers that counts
+//       its bytes on the peer's full barrier; thread 0 of each producer posts
+//       arrive.expect_tx(16 KB) for the bytes coming in). A release.cluster arrival after
+//       plain st.shared::cluster stores would be MEMBAR.ALL.GPU in the producer loop,
+//       which waits for the loads in flight (measured: 0.43-0.51 at 4096^3). The
 //       consumers run fence.proxy.async (generic-proxy writes that wgmma reads) after
 //       their full-barrier wait, so that no fence in the producer waits for loads in
 //       flight; setmaxnreg: producer 184 / consumers 160 (n256), 240 / 128 (n128).
@@ -138,12 +148,15 @@
 //     (nn), 0.54-0.59 (nt, tn); 8192^3 0.62-0.65. With 3 halves in flight (72 KB per SM
 //     instead of 48; 2026-11-29, H200): 4096^3 0.59-0.69 through minigrad in nine rounds
 //     (34 of 36 >= 0.60), 8192^3 0.61-0.73; standalone with rotated inputs 0.55-0.61 /
-//     0.61-0.66 (the 2-half code 0.55-0.59 / 0.60-0.64 in the same call). 1.5x the bytes in
-//     flight gave a few percent, so they are not the only bound (the other is not known).
-//     Tried and dropped (notes, session 6): 2-CTA clusters sharing B by
-//     st.async (correct, 0.36-0.50: one mbarrier transaction update per 16-byte store);
-//     two producer warpgroups (512 threads: ptxas then caps every thread at 128 registers,
-//     too few for a 64x256 accumulator).
+//     0.61-0.66 (the 2-half code 0.55-0.59 / 0.60-0.64 in the same call).
+//     The bound (session 16, loads-only probe: 0.41 / 0.34 / 0.29 ms at 4096^3 with 1 / 2 /
+//     3 halves in flight) is the bytes the producer's registers keep in flight, hence
+//     n256c2 (2026-11-29, H200): standalone, same process, 4096^3 0.60-0.68 against
+//     n256c1 0.55-0.58, 8192^3 0.62-0.68 as c1; through minigrad (one round) 4096^3
+//     0.65-0.68, 8192^3 0.67-0.72. Tried and dropped: 2-CTA clusters sharing B with two
+//     halves in flight (session 6: 0.36-0.50); L1 no-allocate / .cg loads, L2 prefetch,
+//     raster groups 8/32 (no gain); two producer warpgroups (512 threads: ptxas then caps
+//     every thread at 128 registers, too few for a 64x256 accumulator).
 // RESOURCES (nvcc 13.0 -Xptxas -v): tma, wgsync 168 registers at entry (setmaxnreg
 //   rebalances; ptxas allocates each warpgroup's code within its setmaxnreg value), no
 //   spills, no stack; SASS: HGMMA.64x256x16.F32 / 64x128x16,
@@ -179,10 +192,17 @@ constexpr int WS_ENTRY_REGS = 168;
 #define WS_LDG_N128_CONSUMER 128
 #define WS_LDG_N128_PARTS 6
 #endif
-template <int BN> struct LdgSplit {
+// In a 2-CTA cluster (n256c2) a CTA loads its A and half of B: 16 chunks per thread per
+// stage instead of 24, so the same registers hold 4 halves (2 stages, 64 KB per SM)
+#ifndef WS_LDG_N256C2_PARTS
+#define WS_LDG_N256C2_PARTS 4
+#endif
+template <int BN, int CM> struct LdgSplit {
+    static_assert(CM == 1 || BN == 256, "the sync kernels' clusters are n256c2 only");
     static constexpr int PRODUCER = BN == 256 ? WS_LDG_N256_PRODUCER : WS_LDG_N128_PRODUCER;
     static constexpr int CONSUMER = BN == 256 ? WS_LDG_N256_CONSUMER : WS_LDG_N128_CONSUMER;
-    static constexpr int PARTS = BN == 256 ? WS_LDG_N256_PARTS : WS_LDG_N128_PARTS;
+    static constexpr int PARTS = CM == 2 ? WS_LDG_N256C2_PARTS
+                                         : BN == 256 ? WS_LDG_N256_PARTS : WS_LDG_N128_PARTS;
     static_assert(128 * PRODUCER + 256 * CONSUMER <= 384 * WS_ENTRY_REGS, "the block's registers");
 };
 constexpr int SMEM_BYTES = 4 * (BM * BK * 2 + 256 * BK * 2) + 1024;   // 197632
@@ -451,6 +471,12 @@ __device__ __forceinline__ void mbar_arrive_cta(unsigned bar, unsigned cta) {
                  "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n"
                  :: "r"(bar), "r"(cta) : "memory");
 }
+// the address of shared-memory offset `a` in CTA `cta` of this cluster
+__device__ __forceinline__ unsigned cluster_addr(unsigned a, unsigned cta) {
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(cta));
+    return r;
+}
 __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
                  :: "r"(bar), "r"(bytes) : "memory");
@@ -596,15 +622,27 @@ template <int ROWS, int COLS> struct LdgTile {
             if (e < n) w[e >> 1] |= (unsigned)src[e] << (16 * (e & 1));
         return make_uint4(w[0], w[1], w[2], w[3]);
     }
-    __device__ __forceinline__ void stash_one(int i, unsigned sbase, uint4 v) const {
+    __device__ __forceinline__ unsigned offset(int i) const {
         // the swizzle (ch ^ r) % 8 of row r = r0 + i * RSTEP, written so that only the
         // thread's constant (ch ^ r0) % 8 is computed at run time: i * RSTEP % 8 is 0 or 4,
         // and adding 4 modulo 8 flips bit 2 (the compiler otherwise holds one address per
         // chunk in registers: 60-88 B of spills in the producer with 3 parts in flight)
-        const unsigned a = sbase + (ch >> 3) * (ROWS * 128) + (r0 + i * RSTEP) * 128
-                         + ((((ch ^ r0) & 7) ^ ((i * RSTEP) & 7)) << 4);
+        return (ch >> 3) * (ROWS * 128) + (r0 + i * RSTEP) * 128
+             + ((((ch ^ r0) & 7) ^ ((i * RSTEP) & 7)) << 4);
+    }
+    __device__ __forceinline__ void stash_one(int i, unsigned sbase, uint4 v) const {
         asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n"
-                     :: "r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+                     :: "r"(sbase + offset(i)), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                     : "memory");
+    }
+    // the same chunk into another CTA of the cluster (cbase: mapa of its tile), counted
+    // in the transaction bytes of that CTA's barrier cbar (mapa of it)
+    __device__ __forceinline__ void stash_one_peer(int i, unsigned cbase, uint4 v,
+                                                   unsigned cbar) const {
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32"
+                     " [%0], {%1, %2, %3, %4}, [%5];\n"
+                     :: "r"(cbase + offset(i)), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w),
+                        "r"(cbar) : "memory");
     }
 };
 
@@ -683,10 +721,11 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
 // Producer, synchronous: the 128 threads of warpgroup 0 copy each stage with ld.global
 // (16 B) into registers and st.shared, in two halves (A and the first B chunks, then the
 // rest: 12 chunks per thread for BN 256, 8 for BN 128), software-pipelined so that the
-// next NP = LdgSplit<BN>::PARTS halves are loading while one is stored. Half g:
+// next NP = LdgSplit<BN, CM>::PARTS halves are loading while one is stored. Half g:
 //     (g even: wait(empty s)); store half g; (g odd: arrive(full s)); load half g + NP
 //     into the registers half g came from
-// (NP = 3: 144 registers of data for BN 256; NP = 6: 192 for BN 128). Interior stages
+// (NP = 3: 144 registers of data for BN 256; NP = 6: 192 for BN 128; NP = 4: 128 for
+// n256c2, whose stages carry half of B: see LdgPipe and the header). Interior stages
 // (the whole 128 x BN x 64 box inside M, N, K) load through one running pointer per
 // operand with compile-time chunk offsets; boundary stages take LdgTile's predicated
 // element loads. The proxy fence that makes
@@ -698,28 +737,35 @@ __device__ __forceinline__ void produce_tma(const WsArgs& a, const Sched<BN, CM>
 // so was a third half in flight until the registers for it were there (setmaxnreg above)
 // and its st.shared addresses stopped spilling (LdgTile::stash_one; benchmarks/
 // notes_matmul.md, sessions 5 and 15).
-template <bool AT, bool BT, int BN>
+template <bool AT, bool BT, int BN, int CM>
 struct LdgPipe {
+    // a CTA loads B's columns [rank * BW, rank * BW + BW) of the tile: all of them alone,
+    // its half in a 2-CTA cluster (the CTAs stack along M and share B), and stores them at
+    // the same place in every CTA of the cluster. That half is contiguous in both B
+    // layouts (BW rows of 128 B K-major, BW / 64 blocks of 8 KB MN-major): at byte
+    // rank * BW * 128 of the B tile.
+    static constexpr int BW = BN / CM;
     using LA = LdgTile<AT ? BK : BM, AT ? BM : BK>;
-    using LB = LdgTile<BT ? BN : BK, BT ? BK : BN>;
+    using LB = LdgTile<BT ? BW : BK, BT ? BK : BW>;
     static constexpr int PA = LA::P, H = (LA::P + LB::P) / 2;      // chunks per half
     static_assert((LA::P + LB::P) % 2 == 0, "");
     struct Cursor {                 // the stage being loaded: unit u, K tile kt
-        int u, kt, bat, m0, n0;
+        int u, kt, bat, m0, n0;     // (n0: of this CTA's B columns)
         bool inner;                 // its box lies inside the operands
         const char* pa;             // this thread's chunk 0 of A / of B in it
         const char* pb;
     };
     const WsArgs& a;
-    const Sched<BN, 1>& sc;
+    const Sched<BN, CM>& sc;
     LA la;
     LB lb;
+    unsigned rank;
     int units, ustep, KT;
     long long rowA, rowB, ktA, ktB; // bytes between a thread's chunks / between K tiles
 
-    __device__ __forceinline__ LdgPipe(const WsArgs& a_, const Sched<BN, 1>& sc_, int units_,
-                                       int ustep_, int KT_, int t)
-        : a(a_), sc(sc_), units(units_), ustep(ustep_), KT(KT_) {
+    __device__ __forceinline__ LdgPipe(const WsArgs& a_, const Sched<BN, CM>& sc_,
+                                       unsigned rank_, int units_, int ustep_, int KT_, int t)
+        : a(a_), sc(sc_), rank(rank_), units(units_), ustep(ustep_), KT(KT_) {
         la.init(t);
         lb.init(t);
         rowA = 2LL * LA::RSTEP * a.lda;
@@ -731,20 +777,21 @@ struct LdgPipe {
         c.u = u;
         c.kt = 0;
         if (u >= units) return;
-        sc.coords(u, 0, c.bat, c.m0, c.n0);
+        sc.coords(u, rank, c.bat, c.m0, c.n0);
+        c.n0 += (int)rank * BW;
         const int ar = AT ? 0 : c.m0, ac = AT ? c.m0 : 0;      // A tile origin (row, col)
         const int br = BT ? c.n0 : 0, bc = BT ? 0 : c.n0;
         c.pa = reinterpret_cast<const char*>(a.A + c.bat * a.sA + (long long)(ar + la.r0) * a.lda
                                              + ac + la.ch * 8);
         c.pb = reinterpret_cast<const char*>(a.B + c.bat * a.sB + (long long)(br + lb.r0) * a.ldb
                                              + bc + lb.ch * 8);
-        c.inner = c.m0 + BM <= a.M && c.n0 + BN <= a.N && BK <= a.K;
+        c.inner = c.m0 + BM <= a.M && c.n0 + BW <= a.N && BK <= a.K;
     }
     __device__ __forceinline__ void advance(Cursor& c) const {
         if (++c.kt == KT) { begin(c, c.u + ustep); return; }
         c.pa += ktA;
         c.pb += ktB;
-        c.inner = c.m0 + BM <= a.M && c.n0 + BN <= a.N && (c.kt + 1) * BK <= a.K;
+        c.inner = c.m0 + BM <= a.M && c.n0 + BW <= a.N && (c.kt + 1) * BK <= a.K;
     }
     // half `h` (0 or 1, a constant at every call) of stage c into v
     __device__ __forceinline__ void fetch(int h, uint4 (&v)[H], const Cursor& c) const {
@@ -770,29 +817,39 @@ struct LdgPipe {
                                   : lb.fetch_one(q - PA, Bb, a.ldb, k0, c.n0, a.K, a.N);
         }
     }
-    __device__ __forceinline__ void stash(int h, const uint4 (&v)[H], unsigned sa) const {
+    // half h of the stage at sa, its B chunks also into the other CTA of a cluster
+    __device__ __forceinline__ void stash(int h, const uint4 (&v)[H], unsigned sa,
+                                          unsigned full) const {
+        const unsigned sb = sa + WsCfg<BN>::A_BYTES + rank * BW * 128;
+        const unsigned peer = CM > 1 ? cluster_addr(sb, rank ^ 1u) : 0u;
+        const unsigned pbar = CM > 1 ? cluster_addr(full, rank ^ 1u) : 0u;
 #pragma unroll
         for (int j = 0; j < H; ++j) {
             const int q = h * H + j;
-            if (q < PA) la.stash_one(q, sa, v[j]);
-            else        lb.stash_one(q - PA, sa + WsCfg<BN>::A_BYTES, v[j]);
+            if (q < PA) {
+                la.stash_one(q, sa, v[j]);
+            } else {
+                lb.stash_one(q - PA, sb, v[j]);
+                if (CM > 1) lb.stash_one_peer(q - PA, peer, v[j], pbar);
+            }
         }
     }
 };
 
-template <bool AT, bool BT, int BN>
-__device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>& sc,
-                                            unsigned sbase, int units, int unit0, int ustep,
-                                            int KT, int t) {
+template <bool AT, bool BT, int BN, int CM>
+__device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, CM>& sc,
+                                            unsigned sbase, unsigned rank, int units,
+                                            int unit0, int ustep, int KT, int t) {
+    static_assert(CM == 1 || CM == 2, "");
     using CF = WsCfg<BN>;
-    using PP = LdgPipe<AT, BT, BN>;
+    using PP = LdgPipe<AT, BT, BN, CM>;
     constexpr int S = CF::STAGES;
     const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
-    const PP pp(a, sc, units, ustep, KT, t);
+    const PP pp(a, sc, rank, units, ustep, KT, t);
     const int stages = unit0 < units ? (units - unit0 + ustep - 1) / ustep * KT : 0;
     // NP half stages in flight: part g (stage g / 2, half g % 2) lives in v[g % NP]; a pass
     // of the loop covers a whole number of stages and of NP, so every index is a constant
-    constexpr int NP = LdgSplit<BN>::PARTS, PASS = NP % 2 ? 2 * NP : NP;
+    constexpr int NP = LdgSplit<BN, CM>::PARTS, PASS = NP % 2 ? 2 * NP : NP;
     uint4 v[NP][PP::H];
     typename PP::Cursor next;
     pp.begin(next, unit0);
@@ -808,16 +865,26 @@ __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, 1>&
         for (int q = 0; q < PASS; ++q) {
             if (g0 + q >= 2 * stages) break;
             const unsigned sa = sbase + s * CF::STAGE_BYTES;
-            if (!(q & 1)) mbar_wait(empty0 + 8 * s, ph ^ 1);
-            pp.stash(q & 1, v[q % NP], sa);
+            if (!(q & 1)) mbar_wait(empty0 + 8 * s, ph ^ 1);   // every consumer of the cluster
+            pp.stash(q & 1, v[q % NP], sa, full0 + 8 * s);
             if (q & 1) {
-                mbar_arrive(full0 + 8 * s);
+                // with a peer: its B half arrives as transaction bytes on this barrier
+                if (CM > 1 && t == 0) mbar_expect_tx(full0 + 8 * s, PP::BW * 128);
+                else mbar_arrive(full0 + 8 * s);
                 if (++s == S) { s = 0; ph ^= 1; }
             }
             pp.fetch((q + NP) & 1, v[q % NP], next);     // part g0 + q + NP
             if ((q + NP) & 1) pp.advance(next);
         }
     }
+}
+
+// A consumer warpgroup's arrival on a stage's empty barrier in every CTA of its cluster
+// (the sync kernels' at cluster scope: the peer's producer then writes this CTA's stage).
+template <bool TMA, int CM>
+__device__ __forceinline__ void release_stage(unsigned empty) {
+    if (CM == 1) mbar_arrive(empty);
+    else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty, r);
 }
 
 // Consumer warpgroup cw (0 or 1): rows [64 cw, 64 cw + 64) of each 128 x BN tile, one
@@ -845,7 +912,7 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
         int sprev = 0;
         for (int kt = 0; kt < unit_kt; ++kt) {
             mbar_wait(full0 + 8 * s, ph);
-            if (!TMA) mg_fence_proxy_async();       // the producer's st.shared -> wgmma's reads
+            if (!TMA) mg_fence_proxy_async();       // the producers' st.shared -> wgmma's reads
             const unsigned sa = sbase + s * CF::STAGE_BYTES, sb = sa + CF::A_BYTES;
             mg_reg_fence(acc);
             mg_wgmma_fence();
@@ -862,19 +929,13 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             mg_wgmma_commit();
             mg_reg_fence(acc);
             mg_wgmma_wait<1>();                     // the wgmma of the previous stage is done
-            if (kt > 0 && wtid == 0) {
-                if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
-                else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
-            }
+            if (kt > 0 && wtid == 0) release_stage<TMA, CM>(empty0 + 8 * sprev);
             sprev = s;
             if (++s == S) { s = 0; ph ^= 1; }
         }
         mg_wgmma_wait<0>();
         mg_reg_fence(acc);
-        if (wtid == 0) {
-            if (CM == 1) mbar_arrive(empty0 + 8 * sprev);
-            else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty0 + 8 * sprev, r);
-        }
+        if (wtid == 0) release_stage<TMA, CM>(empty0 + 8 * sprev);
         const unsigned scratch = sbase + CF::EPI_OFF + (wtid >> 5) * 2048 + cw * 8192;
         if (TMA && a.cmap)
             store_acc_tma<BN>(a.tmC, bat, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale,
@@ -893,14 +954,13 @@ template <class DT, bool AT, bool BT, int BN, int CM, bool TMA>
 __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw) {
     using CF = WsCfg<BN>;
     constexpr int S = CF::STAGES;
-    static_assert(TMA || CM == 1, "the sync kernels do not use clusters");
     const int tid = threadIdx.x;
     const unsigned sbase = (mg_smem_addr(smem_raw) + 1023u) & ~1023u;
     const unsigned full0 = sbase + CF::BAR_OFF, empty0 = full0 + 8 * S;
     const unsigned rank = CM > 1 ? cluster_rank() : 0u;
     if (tid == 0) {
         for (int s = 0; s < S; ++s) {
-            mbar_init(full0 + 8 * s, TMA ? 1 : 128);
+            mbar_init(full0 + 8 * s, TMA ? 1 : 128);   // sync: every producer thread
             mbar_init(empty0 + 8 * s, 2 * CM);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -917,12 +977,12 @@ __device__ __forceinline__ void ws_gemm(const WsArgs& a, unsigned char* smem_raw
             setmaxnreg_dec<40>();
             if (tid == 0) produce_tma<AT, BT, BN, CM, KE>(a, sc, sbase, rank, units, unit0, ustep);
         } else {
-            setmaxnreg_to<LdgSplit<BN>::PRODUCER>();
-            produce_ldg<AT, BT, BN>(a, sc, sbase, units, unit0, ustep, KT, tid);
+            setmaxnreg_to<LdgSplit<BN, CM>::PRODUCER>();
+            produce_ldg<AT, BT, BN, CM>(a, sc, sbase, rank, units, unit0, ustep, KT, tid);
         }
     } else {
         if constexpr (TMA) setmaxnreg_inc<232>();
-        else               setmaxnreg_to<LdgSplit<BN>::CONSUMER>();
+        else               setmaxnreg_to<LdgSplit<BN, CM>::CONSUMER>();
         consume<DT, AT, BT, BN, CM, TMA>(a, sc, sbase, rank, units, unit0, ustep, KT,
                                    (tid >> 7) - 1, tid & 127);
     }
@@ -967,26 +1027,29 @@ MTW_TILE(128)
                             M, N, K, batch, batA, batB, group, 1.f, &tmC, cmap, kchunk};      \
         mtw::ws_gemm<DT, AT, BT, BN, CM, true>(a, mtw_dyn_smem);                         \
     }
-#define MTW_SYNC_ENTRY(NAME, DT, AT, BT, BN)                                                   \
-    extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) NAME(                    \
+#define MTW_SYNC_ENTRY(NAME, DT, AT, BT, BN, CM, ATTR)                                         \
+    extern "C" __global__ void __launch_bounds__(mtw::WS_THREADS, 1) ATTR NAME(               \
         const unsigned short* __restrict__ A, const unsigned short* __restrict__ B,           \
         float* __restrict__ C, long long lda, long long ldb, long long ldc, long long sA,     \
         long long sB, long long sC, int M, int N, int K, int batch, int group) {              \
         const mtw::WsArgs a{nullptr, nullptr, A, B, C, lda, ldb, ldc, sA, sB, sC,             \
                             M, N, K, batch, 1, 1, group, 1.f, nullptr, 0, 0};                 \
-        mtw::ws_gemm<DT, AT, BT, BN, 1, false>(a, mtw_dyn_smem);                         \
+        mtw::ws_gemm<DT, AT, BT, BN, CM, false>(a, mtw_dyn_smem);                        \
     }
 #define MTW_CLUSTER2 __cluster_dims__(2, 1, 1)
 #define MTW_NOATTR
-#define MTW_TMA_SET(SUF, BN, CM, ATTR)                                                         \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_nn_##SUF, MgF16, false, false, BN, CM, ATTR)               \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_nt_##SUF, MgF16, false, true, BN, CM, ATTR)                \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_tn_##SUF, MgF16, true, false, BN, CM, ATTR)                \
-    MTW_TMA_ENTRY(matmul_tc_tma_f16_tt_##SUF, MgF16, true, true, BN, CM, ATTR)                 \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nn_##SUF, MgBF16, false, false, BN, CM, ATTR)             \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_nt_##SUF, MgBF16, false, true, BN, CM, ATTR)              \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tn_##SUF, MgBF16, true, false, BN, CM, ATTR)              \
-    MTW_TMA_ENTRY(matmul_tc_tma_bf16_tt_##SUF, MgBF16, true, true, BN, CM, ATTR)
+// the eight entries (dtype x layout) of one warp-specialized family and tile
+#define MTW_WS_SET(ENTRY, FAM, SUF, BN, CM, ATTR)                                              \
+    ENTRY(matmul_tc_##FAM##_f16_nn_##SUF, MgF16, false, false, BN, CM, ATTR)                   \
+    ENTRY(matmul_tc_##FAM##_f16_nt_##SUF, MgF16, false, true, BN, CM, ATTR)                    \
+    ENTRY(matmul_tc_##FAM##_f16_tn_##SUF, MgF16, true, false, BN, CM, ATTR)                    \
+    ENTRY(matmul_tc_##FAM##_f16_tt_##SUF, MgF16, true, true, BN, CM, ATTR)                     \
+    ENTRY(matmul_tc_##FAM##_bf16_nn_##SUF, MgBF16, false, false, BN, CM, ATTR)                 \
+    ENTRY(matmul_tc_##FAM##_bf16_nt_##SUF, MgBF16, false, true, BN, CM, ATTR)                  \
+    ENTRY(matmul_tc_##FAM##_bf16_tn_##SUF, MgBF16, true, false, BN, CM, ATTR)                  \
+    ENTRY(matmul_tc_##FAM##_bf16_tt_##SUF, MgBF16, true, true, BN, CM, ATTR)
+#define MTW_TMA_SET(SUF, BN, CM, ATTR) MTW_WS_SET(MTW_TMA_ENTRY, tma, SUF, BN, CM, ATTR)
+#define MTW_SYNC_SET(SUF, BN, CM, ATTR) MTW_WS_SET(MTW_SYNC_ENTRY, wgsync, SUF, BN, CM, ATTR)
 
 MTW_TMA_SET(n256c2, 256, 2, MTW_CLUSTER2)
 MTW_TMA_SET(n256c1, 256, 1, MTW_NOATTR)
@@ -1012,18 +1075,9 @@ MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n256c1, 256, 1, MTW_NOATTR)
 MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n128c2, 128, 2, MTW_CLUSTER2)
 MTW_TMA_S8_ENTRY(matmul_int8_tma_nt_n128c1, 128, 1, MTW_NOATTR)
 
-#define MTW_SYNC_SET(BN)                                                                       \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nn_n##BN, MgF16, false, false, BN)                     \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_nt_n##BN, MgF16, false, true, BN)                      \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tn_n##BN, MgF16, true, false, BN)                      \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_f16_tt_n##BN, MgF16, true, true, BN)                       \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nn_n##BN, MgBF16, false, false, BN)                   \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_nt_n##BN, MgBF16, false, true, BN)                    \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tn_n##BN, MgBF16, true, false, BN)                    \
-    MTW_SYNC_ENTRY(matmul_tc_wgsync_bf16_tt_n##BN, MgBF16, true, true, BN)
-
-MTW_SYNC_SET(256)
-MTW_SYNC_SET(128)
+MTW_SYNC_SET(n256c2, 256, 2, MTW_CLUSTER2)
+MTW_SYNC_SET(n256c1, 256, 1, MTW_NOATTR)
+MTW_SYNC_SET(n128c1, 128, 1, MTW_NOATTR)
 
 // Dynamic shared memory of the warp-specialized kernels (host: raise the attribute first).
 #define MTW_WS_SMEM_N256 (mtw::WsCfg<256>::SMEM)   // 215040

@@ -315,7 +315,7 @@ class _FakeGPU:
                 acc += w[:, s]
             self.arr(C, np.float32, (batch, n), (n, 1))[...] = acc
             return
-        mw = re.fullmatch(r"matmul_tc_(tma|wgsync)_(f16|bf16)_([nt])([nt])_n(256|128)(?:c([12]))?", e)
+        mw = re.fullmatch(r"matmul_tc_(tma|wgsync)_(f16|bf16)_([nt])([nt])_n(256|128)c([12])", e)
         if mw:
             self._launch_ws(fn, mw.groups(), grid, block, args, smem)
             return
@@ -366,7 +366,7 @@ class _FakeGPU:
     def _launch_ws(self, fn, groups, grid, block, args, smem):
         om = _om()
         kind, dt, la, lb, bn, cm = groups
-        bn, cm = int(bn), int(cm or 1)
+        bn, cm = int(bn), int(cm)
         assert self.arch.startswith("sm_90") and fn.file == "matmul_tc_wgmma.cu"
         assert block == om.WS_THREADS and smem == om.WS_SMEM[bn] and smem <= fn.max_smem
         npdt = np.float16 if dt == "f16" else ml_dtypes.bfloat16
@@ -387,7 +387,7 @@ class _FakeGPU:
             if not cmap:
                 assert mc == [0] * 16
         else:
-            assert fn.fmt == om.WGSYNC_ARGS
+            assert fn.fmt == om.WGSYNC_ARGS and (cm == 1 or bn == 256)   # n256c2, n*c1
             A, B, C, lda, ldb, ldc, sA, sB, sC, M, N, K, batch, group = args
             assert lda % 8 == 0 and ldb % 8 == 0 and sA % 8 == 0 and sB % 8 == 0
             assert A % 16 == 0 and B % 16 == 0
@@ -503,6 +503,7 @@ WS_CASES = {
     "tn": ((136, 72), (72, 264), "t", "n"),
     "tt": ((136, 72), (72, 264), "t", "t"),
     "n256": ((2048, 16), (16, 2048), "n", "t"),                  # wide enough for 128 x 256
+    "n256-odd-rows": ((800, 16), (16, 4096), "n", "n"),          # 7 row tiles: no cluster
     "batched-B-shared": ((3, 40, 24), (24, 136), "n", "n"),
     "batched-B": ((2, 3, 40, 24), (2, 3, 24, 136), "t", "t"),
     # the staged epilogue's shapes (K <= 1024, N >= 512): C by TMA stores when N % 4 == 0
@@ -511,7 +512,8 @@ WS_CASES = {
     "staged-ldc-not-16-bytes": ((300, 200), (200, 530), "n", "t"),
     "long-k": ((1024, 1088), (1088, 520), "n", "n"),
 }
-WS_TMA_STORE = {"staged-tma-store": 1, "staged-batched-tma-store": 1, "n256": 1}
+WS_TMA_STORE = {"staged-tma-store": 1, "staged-batched-tma-store": 1, "n256": 1,
+                "n256-odd-rows": 1}
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["async-tma", "sync-wgsync"])
@@ -534,7 +536,7 @@ def test_ws_launcher_emulated(case, pipelined, rng):
     m, n, batch = sa[-2], sb[-1], int(np.prod(sa[:-2]))
     bn, cm = om.ws_tile(m, n, batch, 132)
     want = (f"matmul_tc_tma_f16_{how_a}{how_b}_n{bn}c{cm}" if pipelined
-            else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}")
+            else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}c{cm if bn == 256 else 1}")
     assert e == want and gpu.maps == (2 if pipelined else 0)
     assert gpu.cmaps == ([WS_TMA_STORE.get(case, 0)] if pipelined else [])
 
@@ -692,7 +694,7 @@ def test_tma_param_padding_from_cubin():
     offs = om.kparam_offsets(cubin, "matmul_tc_tma_bf16_tn_n128c1")
     assert offs[0] == (48, 128) and offs[1] == (176, 128) and offs[2] == (304, 128)
     assert offs[3] == (432, 8)                      # C after the three maps
-    assert om.kparam_offsets(cubin, "matmul_tc_wgsync_f16_nn_n256")[0] == (0, 8)
+    assert om.kparam_offsets(cubin, "matmul_tc_wgsync_f16_nn_n256c2")[0] == (0, 8)
 
 
 def _tensor_stored(x, how, device):

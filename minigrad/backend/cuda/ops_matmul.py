@@ -18,7 +18,8 @@ views, choosing a kernel by the host rules stated in the kernel files' headers:
                    wgmma (`matmul_tc_wgmma_*`); elsewhere the 4-stage cp.async kernel.
   sync ops         on sm_90: wgmma fed by synchronous ld.global -> st.shared copies in a
                    producer warpgroup (`matmul_tc_wgsync_*`; "sync" = no cp.async, no TMA,
-                   the lead's ruling in issue 4); elsewhere (and for split-K) mma.sync.
+                   the lead's ruling in issue 4), 256-wide tiles in 2-CTA clusters that
+                   share B; elsewhere (and for split-K) mma.sync.
   tile width       128 or 256 by wave quantisation (_wgmma_tile; ws_tile for the
                    warp-specialized kernels, which also picks the cluster size).
   split-K          when the output has too few tiles to fill the SMs and K is long
@@ -141,7 +142,8 @@ def ws_tile(m, n, batch, sms):
     128-row tiles below 8, where the second CTA of the last cluster row idles (>= 1/8 of
     the CTAs: the split-K weight gradients with a 384-row output ran 1.3-1.7x slower
     with clusters, H100, docs/benchmarks.md §4c). The synchronous-load kernels use the
-    same tile width."""
+    same rule, clusters for 256-wide tiles only (n256c2: each CTA loads half of B; at
+    4096^3 0.60-0.68 of cuBLAS against 0.55-0.58 alone, notes_matmul.md session 16)."""
     if n <= 128:
         bn = 128
     else:
@@ -467,9 +469,10 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         bn, s, kc = plan(m, n, k, batch, sms, "mma")
         name, threads, smem = f"matmul_tc_async_{dt}_{layout}_{path}", 128, 81920
     elif hopper and USE_WGSYNC and plan(m, n, k, batch, sms, "mma")[1] == 1:
-        bn = ws_tile(m, n, batch, sms)[0]
-        fn = _function(be, rt, f"matmul_tc_wgsync_{dt}_{layout}_n{bn}", WS_SMEM[bn])
-        return one_launch(fn, (ws_grid(m, n, batch, bn, 1, sms), 1, 1), WS_THREADS,
+        bn, cm = ws_tile(m, n, batch, sms)
+        cm = cm if bn == 256 else 1         # the sync kernels' clusters: n256c2 only
+        fn = _function(be, rt, f"matmul_tc_wgsync_{dt}_{layout}_n{bn}c{cm}", WS_SMEM[bn])
+        return one_launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS,
                           [lda, ldb, n, sa, sb, m * n, m, n, k, batch, WGSYNC_GROUP],
                           WS_SMEM[bn])
     elif vec and math.ceil(n / 256) * 2 == math.ceil(n / 128) and \
