@@ -879,9 +879,10 @@ __device__ __forceinline__ void produce_ldg(const WsArgs& a, const Sched<BN, CM>
     }
 }
 
-// A consumer warpgroup's arrival on a stage's empty barrier in every CTA of its cluster
-// (the sync kernels' at cluster scope: the peer's producer then writes this CTA's stage).
-template <bool TMA, int CM>
+// A consumer warpgroup's arrival on a stage's empty barrier in every CTA of its cluster:
+// with CM = 2 the peer's producer also writes this CTA's stage (its half of B, by TMA
+// multicast or st.async), so it waits for both CTAs' consumers.
+template <int CM>
 __device__ __forceinline__ void release_stage(unsigned empty) {
     if (CM == 1) mbar_arrive(empty);
     else for (int r = 0; r < CM; ++r) mbar_arrive_cta(empty, r);
@@ -929,13 +930,13 @@ __device__ __forceinline__ void consume(const WsArgs& a, const Sched<BN, CM>& sc
             mg_wgmma_commit();
             mg_reg_fence(acc);
             mg_wgmma_wait<1>();                     // the wgmma of the previous stage is done
-            if (kt > 0 && wtid == 0) release_stage<TMA, CM>(empty0 + 8 * sprev);
+            if (kt > 0 && wtid == 0) release_stage<CM>(empty0 + 8 * sprev);
             sprev = s;
             if (++s == S) { s = 0; ph ^= 1; }
         }
         mg_wgmma_wait<0>();
         mg_reg_fence(acc);
-        if (wtid == 0) release_stage<TMA, CM>(empty0 + 8 * sprev);
+        if (wtid == 0) release_stage<CM>(empty0 + 8 * sprev);
         const unsigned scratch = sbase + CF::EPI_OFF + (wtid >> 5) * 2048 + cw * 8192;
         if (TMA && a.cmap)
             store_acc_tma<BN>(a.tmC, bat, a.M, a.N, m0 + cw * 64, n0, wtid, acc, a.scale,
