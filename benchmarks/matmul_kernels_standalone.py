@@ -257,10 +257,8 @@ def host_choice(op_async, M, N, batch, vec, sms, cc):
     if not vec:
         return ("async80" if op_async else "sync"), "s", 128
     if cc == (9, 0):
-        bn, cm = ws_tile(M, N, batch, sms)
-        if not op_async:
-            return "wgsync", "v", f"n{bn}c{cm if bn == 256 else 1}"   # clusters: n256 only
-        return "tma", "v", f"n{bn}c{cm}"
+        bn, cm = ws_tile(M, N, batch, sms, sync=not op_async)
+        return ("tma" if op_async else "wgsync"), "v", f"n{bn}c{cm}"
     if op_async:
         return "async80", "v", 128
     return sync_family(M, N, batch, sms), "v", 128

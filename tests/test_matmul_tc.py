@@ -534,9 +534,9 @@ def test_ws_launcher_emulated(case, pipelined, rng):
     assert got.shape == ref.shape and _rel(got, ref) < _bound(sa[-1], np.float16)
     (e, grid, args), = gpu.launches
     m, n, batch = sa[-2], sb[-1], int(np.prod(sa[:-2]))
-    bn, cm = om.ws_tile(m, n, batch, 132)
+    bn, cm = om.ws_tile(m, n, batch, 132, sync=not pipelined)
     want = (f"matmul_tc_tma_f16_{how_a}{how_b}_n{bn}c{cm}" if pipelined
-            else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}c{cm if bn == 256 else 1}")
+            else f"matmul_tc_wgsync_f16_{how_a}{how_b}_n{bn}c{cm}")
     assert e == want and gpu.maps == (2 if pipelined else 0)
     assert gpu.cmaps == ([WS_TMA_STORE.get(case, 0)] if pipelined else [])
 
@@ -634,6 +634,10 @@ def test_ws_tile_rule():
     assert om.ws_tile(384, 1536, 8, 132) == (128, 1)
     assert om.ws_tile(640, 4096, 1, 132) == (256, 1)
     assert om.ws_tile(1152, 4096, 1, 132)[1] == 2          # 9 row tiles: 1/18 idle
+    # the synchronous-load kernels: the same, clusters for 256-wide tiles only
+    assert om.ws_tile(4096, 4096, 1, 132, sync=True) == (256, 2)
+    assert om.ws_tile(16384, 1152, 1, 132, sync=True) == (128, 1)
+    assert om.ws_tile(640, 4096, 1, 132, sync=True) == (256, 1)
 
 
 def _matmul_refusing_maps(monkeypatch, a, b, how_a):

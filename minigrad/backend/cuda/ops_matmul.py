@@ -132,8 +132,8 @@ def _wgmma_tile(m, n, batch, sms):
     return 256 if math.ceil(b256 / sms) * 1.8 <= math.ceil(b128 / sms) else 128
 
 
-def ws_tile(m, n, batch, sms):
-    """(BN, CTAs per cluster) of the TMA kernels, measured on an H200 (notes_matmul.md,
+def ws_tile(m, n, batch, sms, sync=False):
+    """(BN, CTAs per cluster) of the TMA kernels (of the synchronous-load ones with `sync`), measured on an H200 (notes_matmul.md,
     session 2): 128 x 256 tiles unless 128 x 128 ones make fewer wave-quantised units of
     work (a 256-wide tile counting 1.8 of a 128-wide one; a tie goes to 128: at
     16384x1152x384 n128 was 5 % faster); 2-CTA clusters sharing B by multicast (4096^3:
@@ -142,8 +142,9 @@ def ws_tile(m, n, batch, sms):
     128-row tiles below 8, where the second CTA of the last cluster row idles (>= 1/8 of
     the CTAs: the split-K weight gradients with a 384-row output ran 1.3-1.7x slower
     with clusters, H100, docs/benchmarks.md §4c). The synchronous-load kernels use the
-    same rule, clusters for 256-wide tiles only (n256c2: each CTA loads half of B; at
-    4096^3 0.60-0.68 of cuBLAS against 0.55-0.58 alone, notes_matmul.md session 16)."""
+    same rule with clusters for 256-wide tiles only (n256c2: each CTA loads half of B; at
+    4096^3 0.60-0.68 of cuBLAS against 0.55-0.58 alone, notes_matmul.md session 16; n128
+    was not measured in clusters)."""
     if n <= 128:
         bn = 128
     else:
@@ -151,7 +152,8 @@ def ws_tile(m, n, batch, sms):
         b128 = math.ceil(m / 128) * math.ceil(n / 128) * batch
         bn = 256 if math.ceil(b256 / sms) * 1.8 < math.ceil(b128 / sms) else 128
     mt = math.ceil(m / 128)
-    return bn, (1 if (bn == 128 and n <= 512) or (mt % 2 and mt < 8) else 2)
+    one = (bn == 128 and (sync or n <= 512)) or (mt % 2 and mt < 8)
+    return bn, (1 if one else 2)
 
 
 def chunks(k: int, s: int, kt: int):
@@ -469,8 +471,7 @@ def tc_matmul(be, a, b, pipelined: bool, runtime=None):
         bn, s, kc = plan(m, n, k, batch, sms, "mma")
         name, threads, smem = f"matmul_tc_async_{dt}_{layout}_{path}", 128, 81920
     elif hopper and USE_WGSYNC and plan(m, n, k, batch, sms, "mma")[1] == 1:
-        bn, cm = ws_tile(m, n, batch, sms)
-        cm = cm if bn == 256 else 1         # the sync kernels' clusters: n256c2 only
+        bn, cm = ws_tile(m, n, batch, sms, sync=True)
         fn = _function(be, rt, f"matmul_tc_wgsync_{dt}_{layout}_n{bn}c{cm}", WS_SMEM[bn])
         return one_launch(fn, (ws_grid(m, n, batch, bn, cm, sms), 1, 1), WS_THREADS,
                           [lda, ldb, n, sa, sb, m * n, m, n, k, batch, WGSYNC_GROUP],
