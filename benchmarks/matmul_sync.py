@@ -4,7 +4,12 @@ torch.mm(out_dtype=f32) on the same card (without PyTorch: ours alone). Worst of
 medians of 20 (benchmarks/common.py); the inputs are not rotated (both sides read warm
 operands). Prints a markdown table.
 
-Usage (GPU machine): python benchmarks/matmul_sync.py"""
+Usage (GPU machine): python benchmarks/matmul_sync.py [--single-cta]
+  --single-cta  the sync ops run the single-CTA kernels (n256c1 / n128c1) wherever the
+                launcher would pick a 2-CTA cluster (n256c2, whose peer stores are st.async):
+                the before/after of the clusters through the stack"""
+import sys
+
 import numpy as np
 
 from common import HAVE_TORCH, gpu_ms, torch, torch_ms
@@ -13,7 +18,19 @@ import minigrad as mg
 from minigrad import Tensor
 
 
+def force_single_cta():
+    from minigrad.backend.cuda import ops_matmul as om
+    rule = om.ws_tile
+
+    def single(m, n, batch, sms, sync=False):
+        bn, cm = rule(m, n, batch, sms, sync)
+        return (bn, 1) if sync else (bn, cm)
+    om.ws_tile = single
+
+
 def main():
+    if "--single-cta" in sys.argv[1:]:
+        force_single_cta()
     print(mg.device.get_backend("cuda").device_name)
     print("| op | size | layout | ours ms | torch ms | torch/ours | ours TFLOP/s |")
     print("|---|---|---|---:|---:|---:|---:|")
