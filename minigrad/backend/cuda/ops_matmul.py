@@ -133,18 +133,18 @@ def _wgmma_tile(m, n, batch, sms):
 
 
 def ws_tile(m, n, batch, sms, sync=False):
-    """(BN, CTAs per cluster) of the TMA kernels (of the synchronous-load ones with `sync`), measured on an H200 (notes_matmul.md,
-    session 2): 128 x 256 tiles unless 128 x 128 ones make fewer wave-quantised units of
-    work (a 256-wide tile counting 1.8 of a 128-wide one; a tie goes to 128: at
-    16384x1152x384 n128 was 5 % faster); 2-CTA clusters sharing B by multicast (4096^3:
-    706 vs 604 TFLOP/s without), except 128-wide tiles of a narrow N <= 512, where B is
-    small and the single-CTA kernel was 4-7 % faster (N = 384), and an odd number of
-    128-row tiles below 8, where the second CTA of the last cluster row idles (>= 1/8 of
-    the CTAs: the split-K weight gradients with a 384-row output ran 1.3-1.7x slower
-    with clusters, H100, docs/benchmarks.md §4c). The synchronous-load kernels use the
-    same rule with clusters for 256-wide tiles only (n256c2: each CTA loads half of B; at
-    4096^3 0.60-0.68 of cuBLAS against 0.55-0.58 alone, notes_matmul.md session 16; n128
-    was not measured in clusters)."""
+    """(BN, CTAs per cluster) of the TMA kernels (of the synchronous-load ones with
+    `sync`), measured on an H200 (notes_matmul.md, session 2): 128 x 256 tiles unless
+    128 x 128 ones make fewer wave-quantised units of work (a 256-wide tile counting 1.8
+    of a 128-wide one; a tie goes to 128: at 16384x1152x384 n128 was 5 % faster); 2-CTA
+    clusters sharing B by multicast (4096^3: 706 vs 604 TFLOP/s without), except 128-wide
+    tiles of a narrow N <= 512, where B is small and the single-CTA kernel was 4-7 %
+    faster (N = 384), and an odd number of 128-row tiles below 8, where the second CTA of
+    the last cluster row idles (>= 1/8 of the CTAs: the split-K weight gradients with a
+    384-row output ran 1.3-1.7x slower with clusters, H100, docs/benchmarks.md §4c). The
+    synchronous-load kernels use the same rule with clusters for 256-wide tiles only
+    (n256c2: each CTA loads half of B; at 4096^3 0.60-0.68 of cuBLAS against 0.55-0.58
+    alone, notes_matmul.md session 16; n128 was not measured in clusters)."""
     if n <= 128:
         bn = 128
     else:
